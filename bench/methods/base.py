@@ -1,0 +1,137 @@
+"""The method interface and registry.
+
+A method fits on the training split (using the validation split only for model selection)
+and returns scores for image features x candidate pairs. It never computes metrics: the
+runner passes ``FitContext.validate``, which scores the validation split with the method and
+asks the evaluator for the closed-world AUC.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbones import Backbone
+    from bench.data.czsl import CZSLDataset
+    from bench.features import FeatureSet
+
+
+@dataclass
+class FitContext:
+    """Everything a method may use while fitting.
+
+    Attributes:
+        dataset: The dataset (names, pairs, splits).
+        backbone: The frozen backbone (None for methods that need none).
+        features: Cached image features per split ("train", "val", "test").
+        hparams: Resolved hyperparameters (card defaults for the dataset + overrides).
+        seed: Random seed; the method must seed every generator it uses from it.
+        device: Torch device string for training.
+        augment: "none" (train on cached features) or "paper" (re-encode augmented images).
+        validate: Scores the val split with the method in its current state and returns the
+            closed-world val AUC (computed by the evaluator, not the method).
+        on_epoch_end: Progress/logging callback ``(epoch, metrics)``; metrics hold at least
+            ``train/loss`` and ``val/cw/auc``.
+        checkpoint_dir: Folder for per-epoch checkpoints of the trainable state.
+        word_vectors: Optional callable mapping names to vectors (word-embedding methods).
+    """
+
+    dataset: CZSLDataset
+    backbone: Backbone | None
+    features: Mapping[str, FeatureSet]
+    hparams: Mapping[str, Any]
+    seed: int
+    device: str = "cpu"
+    augment: str = "none"
+    validate: Callable[[Method], float] = lambda method: float("nan")
+    on_epoch_end: Callable[[int, Mapping[str, float]], None] = lambda epoch, metrics: None
+    checkpoint_dir: Path | None = None
+    word_vectors: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(abc.ABC):
+    """Base class of every CZSL method."""
+
+    name: ClassVar[str]
+    #: Whether ``fit`` trains anything (zero-shot methods do not).
+    trains: ClassVar[bool] = True
+    #: Whether the method needs the backbone's text side (CLIP-family methods).
+    needs_text_encoder: ClassVar[bool] = False
+
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        self.hparams = dict(hparams)
+
+    @abc.abstractmethod
+    def fit(self, ctx: FitContext) -> dict[str, Any]:
+        """Train on ``ctx``; return a small log (best epoch, epochs run, final loss...)."""
+
+    @abc.abstractmethod
+    def score(
+        self, image_features: torch.Tensor, pairs: np.ndarray, block_size: int = 1024
+    ) -> Iterator[np.ndarray]:
+        """Yield float32 score blocks of shape (n_i, P), in image order.
+
+        Args:
+            image_features: (N, D) features of the images to score.
+            pairs: (P, 2) int array of (attr_id, obj_id) candidates.
+            block_size: Rows per yielded block.
+        """
+
+    def trainable_state(self) -> dict[str, Any]:
+        """Tensors that training changed (saved as artifacts and checkpoints)."""
+        return {}
+
+    def load_trainable_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``trainable_state`` returned."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator registering a method under ``name`` (must have a card in methods/)."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def method_names() -> list[str]:
+    """Names of all registered methods, in registration order."""
+    _import_builtin_methods()
+    return list(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[Method]:
+    """Return the registered class for ``name`` or raise a one-line BenchError."""
+    _import_builtin_methods()
+    if name not in _REGISTRY:
+        raise BenchError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def _import_builtin_methods() -> None:
+    import importlib
+
+    for module in ("clip", "coop", "csp", "visprod", "compcos", "cge"):
+        try:
+            importlib.import_module(f"bench.methods.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bench.methods.{module}":
+                raise
