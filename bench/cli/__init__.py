@@ -32,10 +32,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from bench.cli import data as data_cli
-
-    cli.add_command(data_cli.data)
-    for module_name in ("run", "backbone", "report"):
+    for module_name in ("data", "run", "backbone", "report"):
         try:
             module = __import__(f"bench.cli.{module_name}", fromlist=["COMMANDS"])
         except ModuleNotFoundError as exc:  # a command module not written yet
