@@ -1,0 +1,408 @@
+"""Frozen image features, computed once per (backbone, dataset, split, transform) and cached.
+
+An entry lives under ``<results_dir>/cache/features/<dataset>/<backbone identifier>/`` as a
+tensor file (``.pt``) and a JSON manifest describing what produced it. The tensor file is
+written first and the manifest last (both atomically), so a manifest marks a complete entry;
+an entry is reused only when its manifest matches and the tensor file's sha256 matches the
+manifest. Anything else (stale, truncated, corrupt) is reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench import __version__
+from bench.errors import BenchError
+from bench.io import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
+
+#: Bumped when the layout or meaning of cache entries changes.
+CACHE_FORMAT = 1
+#: Feature transforms: "eval" (the backbone's preprocess) and "hflip" (mirrored, then eval).
+TRANSFORMS: tuple[str, ...] = ("eval", "hflip")
+
+
+@dataclass
+class FeatureSet:
+    """Image features of one split.
+
+    Attributes:
+        features: (N, D) float32 CPU tensor, not normalised.
+        attr_idx: (N,) int64 attribute ids.
+        obj_idx: (N,) int64 object ids.
+        image_paths: Image paths relative to ``<root>/images``, in sample order.
+        cache_hit: Whether the features came from the cache.
+        key: The cache key.
+    """
+
+    features: torch.Tensor
+    attr_idx: np.ndarray
+    obj_idx: np.ndarray
+    image_paths: tuple[str, ...]
+    cache_hit: bool
+    key: str
+
+
+# --------------------------------------------------------------------------- cache keys
+def _transform(backbone: Any, transform: str) -> Callable[[Any], torch.Tensor]:
+    if transform == "eval":
+        return backbone.preprocess
+    if transform == "hflip":
+        from torchvision import transforms
+
+        return transforms.Compose([transforms.RandomHorizontalFlip(p=1.0), backbone.preprocess])
+    raise BenchError(f"unknown feature transform {transform!r}; known: {', '.join(TRANSFORMS)}")
+
+
+def _describe_transform(backbone: Any, transform: str) -> str:
+    """A stable text for the transform pipeline (memory addresses stripped)."""
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(_transform(backbone, transform)))
+    cfg = getattr(backbone, "preprocess_cfg", None)
+    if cfg:
+        text += " " + json.dumps(cfg, sort_keys=True, default=str)
+    return text
+
+
+def _split_samples(dataset: Any, split: str) -> Sequence[Any]:
+    try:
+        return dataset.splits[split]
+    except KeyError:
+        raise BenchError(
+            f"dataset {dataset.name} has no split {split!r}; known: {', '.join(dataset.splits)}"
+        ) from None
+
+
+def _images_signature(dataset: Any, split: str) -> str:
+    """sha256 over (path, size, mtime) of the split's image files; a missing file is an error."""
+    digest = hashlib.sha256()
+    for sample in _split_samples(dataset, split):
+        path = dataset.image_path(sample)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            raise BenchError(
+                f"image {path} of {dataset.name}/{split} is missing or unreadable; "
+                "re-download or re-prepare the dataset"
+            ) from None
+        digest.update(f"{sample.image}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _key_inputs(backbone: Any, dataset: Any, split: str, transform: str) -> dict[str, Any]:
+    return {
+        "format": CACHE_FORMAT,
+        "backbone": backbone.identifier,
+        "dataset": dataset.name,
+        "root": str(Path(dataset.root).resolve()),
+        "fingerprint": dataset.fingerprint,
+        "split": split,
+        "transform": transform,
+        "transform_description": _describe_transform(backbone, transform),
+        "images": _images_signature(dataset, split),
+    }
+
+
+def feature_cache_key(backbone: Any, dataset: Any, split: str, transform: str = "eval") -> str:
+    """The cache key of a split's features.
+
+    It covers the backbone identifier, the dataset (name, folder, fingerprint, and the
+    size/mtime of every image of the split), the split, and the transform (name and the
+    full preprocessing config).
+    """
+    return sha256_json(_key_inputs(backbone, dataset, split, transform))[:32]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:80] or "x"
+
+
+def _entry_paths(results_dir: Path, inputs: dict[str, Any], key: str) -> tuple[Path, Path]:
+    folder = (
+        Path(results_dir)
+        / "cache"
+        / "features"
+        / _slug(inputs["dataset"])
+        / _slug(inputs["backbone"])
+    )
+    stem = f"{_slug(inputs['split'])}-{_slug(inputs['transform'])}-{key[:16]}"
+    return folder / f"{stem}.pt", folder / f"{stem}.json"
+
+
+# ------------------------------------------------------------------------------ loading
+def _warn(console: Any, message: str) -> None:
+    console.print(
+        f"warning: {' '.join(message.split())}", style="yellow", markup=False, highlight=False
+    )
+
+
+def _load_entry(
+    tensor_path: Path,
+    manifest_path: Path,
+    key: str,
+    inputs: dict[str, Any],
+    expected: tuple[np.ndarray, np.ndarray, tuple[str, ...]],
+    console: Any,
+) -> torch.Tensor | None:
+    """Return the cached features, or None (after a warning if the entry was bad)."""
+    if not manifest_path.exists():
+        return None
+    what = f"feature cache entry {manifest_path}"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _warn(console, f"{what} has an unreadable manifest ({exc}); rebuilding it")
+        return None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("key") != key
+        or manifest.get("inputs") != inputs
+    ):
+        _warn(console, f"{what} does not match its inputs; rebuilding it")
+        return None
+    if not tensor_path.is_file():
+        _warn(console, f"{what}: tensor file {tensor_path.name} is missing; rebuilding it")
+        return None
+    if sha256_file(tensor_path) != manifest.get("sha256"):
+        _warn(
+            console, f"{what} is corrupt ({tensor_path.name} fails its sha256 check); rebuilding it"
+        )
+        return None
+    try:
+        payload = torch.load(tensor_path, map_location="cpu", weights_only=True)
+        features = payload["features"]
+        attr_idx = payload["attr_idx"].numpy()
+        obj_idx = payload["obj_idx"].numpy()
+        image_paths = tuple(payload["image_paths"])
+    except Exception as exc:  # any unreadable payload is a bad entry, not a crash
+        _warn(
+            console, f"{what} cannot be loaded ({' '.join(str(exc).split())[:160]}); rebuilding it"
+        )
+        return None
+    attr_expected, obj_expected, paths_expected = expected
+    if (
+        not isinstance(features, torch.Tensor)
+        or features.dtype != torch.float32
+        or features.ndim != 2
+        or features.shape[0] != len(paths_expected)
+        or image_paths != paths_expected
+        or not np.array_equal(attr_idx, attr_expected)
+        or not np.array_equal(obj_idx, obj_expected)
+    ):
+        _warn(console, f"{what} holds different samples than the dataset; rebuilding it")
+        return None
+    return features
+
+
+# --------------------------------------------------------------------------- extraction
+class _ImageFiles(torch.utils.data.Dataset):
+    """Opens images with PIL (RGB) and applies a transform; errors travel as strings."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor]) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+        from PIL import Image
+
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+        except Exception as exc:  # PIL raises OSError, ValueError, DecompressionBombError...
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            return None, f"cannot read image {path} ({reason}); re-download or replace the file"
+        return self.transform(rgb), None
+
+
+def _collate(
+    batch: list[tuple[torch.Tensor | None, str | None]],
+) -> tuple[torch.Tensor | None, str | None]:
+    for _, error in batch:
+        if error is not None:
+            return None, error
+    return torch.stack([tensor for tensor, _ in batch if tensor is not None]), None
+
+
+def _progress(console: Any) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class _RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("? img/s" if speed is None else f"{speed:,.1f} img/s", style="cyan")
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _encode(
+    backbone: Any,
+    paths: Sequence[Path],
+    transform: Callable[[Any], torch.Tensor],
+    *,
+    batch_size: int,
+    num_workers: int,
+    console: Any,
+    label: str,
+) -> torch.Tensor:
+    loader = torch.utils.data.DataLoader(
+        _ImageFiles(paths, transform),
+        batch_size=max(1, batch_size),
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=torch.device(backbone.device).type == "cuda",
+    )
+    chunks: list[torch.Tensor] = []
+    with _progress(console) as progress:
+        task = progress.add_task(label, total=len(paths))
+        for images, error in loader:
+            if error is not None:
+                raise BenchError(error)
+            chunks.append(backbone.encode_images(images).detach().float().cpu())
+            progress.advance(task, len(chunks[-1]))
+    if not chunks:
+        return torch.zeros(0, int(backbone.embed_dim), dtype=torch.float32)
+    return torch.cat(chunks).contiguous()
+
+
+def _store(
+    tensor_path: Path,
+    manifest_path: Path,
+    key: str,
+    inputs: dict[str, Any],
+    backbone: Any,
+    features: torch.Tensor,
+    attr_idx: np.ndarray,
+    obj_idx: np.ndarray,
+    image_paths: tuple[str, ...],
+) -> None:
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "features": features,
+            "attr_idx": torch.from_numpy(np.ascontiguousarray(attr_idx)),
+            "obj_idx": torch.from_numpy(np.ascontiguousarray(obj_idx)),
+            "image_paths": list(image_paths),
+        },
+        buffer,
+    )
+    data = buffer.getvalue()
+    with contextlib.suppress(FileNotFoundError):
+        manifest_path.unlink()  # no manifest may vouch for a tensor file being replaced
+    atomic_write_bytes(tensor_path, data)
+    spec = getattr(backbone, "spec", None)
+    atomic_write_json(
+        manifest_path,
+        {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "inputs": inputs,
+            "backbone": {
+                "spec": getattr(spec, "raw", None),
+                "identifier": backbone.identifier,
+                "random_weights": bool(getattr(backbone, "random_weights", False)),
+            },
+            "dataset": {"name": inputs["dataset"], "fingerprint": inputs["fingerprint"]},
+            "split": inputs["split"],
+            "transform": {
+                "name": inputs["transform"],
+                "description": inputs["transform_description"],
+            },
+            "n": int(features.shape[0]),
+            "dim": int(features.shape[1]),
+            "tensor_file": tensor_path.name,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bench_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+
+
+def extract_features(
+    backbone: Any,
+    dataset: Any,
+    split: str,
+    results_dir: Path,
+    *,
+    transform: str = "eval",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    console: Any = None,
+) -> FeatureSet:
+    """Return a split's frozen image features, from the cache or by running the encoder.
+
+    Args:
+        backbone: A loaded ``bench.backbones.Backbone``.
+        dataset: A ``bench.data.czsl.CZSLDataset``.
+        split: "train", "val" or "test".
+        results_dir: The results folder; entries go under ``cache/features/``.
+        transform: "eval" (the backbone's preprocess) or "hflip".
+        batch_size: Images per encoder batch.
+        num_workers: DataLoader worker processes (0: load in this process).
+        console: rich Console for the progress bar and warnings (default: stderr).
+
+    Raises:
+        BenchError: A missing or unreadable image (named), or an unknown split/transform.
+    """
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    samples = _split_samples(dataset, split)
+    attr_idx, obj_idx = (np.asarray(ids, dtype=np.int64) for ids in dataset.labels(split))
+    image_paths = tuple(sample.image for sample in samples)
+    inputs = _key_inputs(backbone, dataset, split, transform)
+    key = sha256_json(inputs)[:32]
+    tensor_path, manifest_path = _entry_paths(Path(results_dir), inputs, key)
+
+    cached = _load_entry(
+        tensor_path, manifest_path, key, inputs, (attr_idx, obj_idx, image_paths), console
+    )
+    if cached is not None:
+        return FeatureSet(cached, attr_idx, obj_idx, image_paths, cache_hit=True, key=key)
+
+    features = _encode(
+        backbone,
+        [dataset.image_path(sample) for sample in samples],
+        _transform(backbone, transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        console=console,
+        label=f"features {dataset.name}/{split}",
+    )
+    _store(
+        tensor_path, manifest_path, key, inputs, backbone, features, attr_idx, obj_idx, image_paths
+    )
+    return FeatureSet(features, attr_idx, obj_idx, image_paths, cache_hit=False, key=key)

@@ -1,0 +1,220 @@
+"""Feature cache: miss then hit, invalidation, corruption handling, unreadable images."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from torchvision import transforms
+
+from bench.backbones import Backbone, load_backbone
+from bench.data.czsl import CZSLDataset, load_dataset
+from bench.data.synthetic import generate_synthetic
+from bench.errors import BenchError
+from bench.features import FeatureSet, extract_features, feature_cache_key
+from bench.io import sha256_file
+
+
+class CountingBackbone:
+    """Delegates to a real backbone and counts encoder calls (Backbone itself is frozen)."""
+
+    def __init__(self, inner: Backbone, **overrides: Any) -> None:
+        self._inner = inner
+        self._overrides = overrides
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._inner, name)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self._inner.encode_images(images)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Backbone:
+    return load_backbone("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("data") / "synthetic-tiny", "synthetic-tiny")
+
+
+@pytest.fixture(scope="module")
+def dataset(dataset_root: Path) -> CZSLDataset:
+    return load_dataset(dataset_root, name="synthetic-tiny")
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=200), buffer
+
+
+def _extract(backbone: Any, dataset: Any, results: Path, **kwargs: Any) -> tuple[FeatureSet, str]:
+    console, buffer = _console()
+    features = extract_features(
+        backbone, dataset, "val", results, console=console, batch_size=8, **kwargs
+    )
+    return features, buffer.getvalue()
+
+
+def _entry_files(results: Path) -> list[Path]:
+    return sorted(p for p in (results / "cache" / "features").rglob("*") if p.is_file())
+
+
+def test_miss_then_hit(tiny: Backbone, dataset: CZSLDataset, tmp_path: Path) -> None:
+    backbone = CountingBackbone(tiny)
+    first, _ = _extract(backbone, dataset, tmp_path)
+    n = len(dataset.splits["val"])
+    assert not first.cache_hit and backbone.calls == -(-n // 8)
+    assert first.features.shape == (n, tiny.embed_dim) and first.features.dtype == torch.float32
+    assert first.features.device.type == "cpu"
+    attr_ids, obj_ids = dataset.labels("val")
+    np.testing.assert_array_equal(first.attr_idx, attr_ids)
+    np.testing.assert_array_equal(first.obj_idx, obj_ids)
+    assert first.attr_idx.dtype == np.int64 and first.obj_idx.dtype == np.int64
+    assert first.image_paths == tuple(s.image for s in dataset.splits["val"])
+    assert first.key == feature_cache_key(tiny, dataset, "val", "eval")
+
+    # The features are exactly what the encoder gives for the preprocessed images.
+    from PIL import Image
+
+    sample = dataset.splits["val"][0]
+    with Image.open(dataset.image_path(sample)) as image:
+        direct = tiny.encode_images(tiny.preprocess(image.convert("RGB"))[None])
+    torch.testing.assert_close(first.features[:1], direct, atol=1e-5, rtol=1e-5)
+
+    calls = backbone.calls
+    second, output = _extract(backbone, dataset, tmp_path)
+    assert second.cache_hit and backbone.calls == calls and "warning" not in output
+    assert second.key == first.key
+    torch.testing.assert_close(second.features, first.features, atol=0, rtol=0)
+
+    files = _entry_files(tmp_path)
+    assert [p.suffix for p in files] == [".json", ".pt"]
+    assert not [p for p in files if p.name.endswith(".tmp")]
+    manifest = json.loads(files[0].read_text())
+    assert manifest["sha256"] == sha256_file(files[1])
+    assert manifest["backbone"] == {
+        "spec": "tiny-random",
+        "identifier": tiny.identifier,
+        "random_weights": True,
+    }
+    assert manifest["dataset"] == {"name": "synthetic-tiny", "fingerprint": dataset.fingerprint}
+    assert (manifest["split"], manifest["n"], manifest["dim"]) == ("val", n, tiny.embed_dim)
+    assert manifest["transform"]["name"] == "eval" and manifest["bench_version"]
+
+
+def test_recompute_when_inputs_change(tiny: Backbone, dataset: CZSLDataset, tmp_path: Path) -> None:
+    backbone = CountingBackbone(tiny)
+    base, _ = _extract(backbone, dataset, tmp_path)
+
+    other_data = dataclasses.replace(dataset, fingerprint="0" * 64)
+    changed, _ = _extract(backbone, other_data, tmp_path)
+    assert not changed.cache_hit and changed.key != base.key
+
+    flipped, _ = _extract(backbone, dataset, tmp_path, transform="hflip")
+    assert not flipped.cache_hit and flipped.key != base.key
+    assert not torch.allclose(flipped.features, base.features)
+
+    resized = transforms.Compose([transforms.Resize((32, 32)), *tiny.preprocess.transforms[2:]])
+    other_preprocess = CountingBackbone(tiny, preprocess=resized)
+    repre, _ = _extract(other_preprocess, dataset, tmp_path)
+    assert not repre.cache_hit and repre.key != base.key
+
+    other_weights = CountingBackbone(tiny, identifier="tiny-random-ffffffffffffffff")
+    reweighted, _ = _extract(other_weights, dataset, tmp_path)
+    assert not reweighted.cache_hit and reweighted.key != base.key
+
+    calls = backbone.calls
+    again, _ = _extract(backbone, dataset, tmp_path)
+    assert again.cache_hit and backbone.calls == calls
+    with pytest.raises(BenchError, match="unknown feature transform"):
+        _extract(backbone, dataset, tmp_path, transform="sepia")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-byte", "delete-tensor", "bad-manifest"])
+def test_corrupt_entry_is_rebuilt(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path, damage: str
+) -> None:
+    backbone = CountingBackbone(tiny)
+    first, _ = _extract(backbone, dataset, tmp_path)
+    manifest_path, tensor_path = _entry_files(tmp_path)
+    data = tensor_path.read_bytes()
+    if damage == "truncate":
+        tensor_path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip-byte":
+        tensor_path.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    elif damage == "delete-tensor":
+        tensor_path.unlink()
+    else:
+        manifest_path.write_text("{not json")
+
+    calls = backbone.calls
+    rebuilt, output = _extract(backbone, dataset, tmp_path)
+    assert not rebuilt.cache_hit and backbone.calls > calls
+    assert "warning" in output and "rebuilding" in output
+    torch.testing.assert_close(rebuilt.features, first.features)
+
+    final, output = _extract(backbone, dataset, tmp_path)
+    assert final.cache_hit and "warning" not in output
+    assert not [p for p in _entry_files(tmp_path) if p.name.endswith(".tmp")]
+
+
+def test_tensor_without_manifest_is_a_miss(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path
+) -> None:
+    _extract(tiny, dataset, tmp_path)
+    manifest_path, _ = _entry_files(tmp_path)
+    manifest_path.unlink()  # as if the run died between the two writes
+    again, output = _extract(tiny, dataset, tmp_path)
+    assert not again.cache_hit and "warning" not in output
+    assert len(_entry_files(tmp_path)) == 2
+
+
+def test_bad_images(tiny: Backbone, dataset_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset_root, root)
+    copy = load_dataset(root, name="synthetic-tiny")
+    first, second = copy.splits["val"][:2]
+
+    copy.image_path(first).write_bytes(b"this is not a png")
+    with pytest.raises(BenchError) as info:
+        _extract(tiny, copy, tmp_path / "results")
+    assert str(copy.image_path(first)) in str(info.value) and "\n" not in str(info.value)
+
+    copy.image_path(second).unlink()
+    with pytest.raises(BenchError) as info:
+        _extract(tiny, copy, tmp_path / "results")
+    assert str(copy.image_path(second)) in str(info.value)
+    assert not (tmp_path / "results" / "cache" / "features").exists() or not _entry_files(
+        tmp_path / "results"
+    )
+
+
+def test_regenerated_images_invalidate(tiny: Backbone, dataset_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset_root, root)
+    copy = load_dataset(root, name="synthetic-tiny")
+    base, _ = _extract(tiny, copy, tmp_path / "results")
+    from PIL import Image
+
+    Image.new("RGB", (20, 20), "red").save(copy.image_path(copy.splits["val"][0]))
+    changed, _ = _extract(tiny, copy, tmp_path / "results")
+    assert not changed.cache_hit and changed.key != base.key
+
+
+def test_unknown_split(tiny: Backbone, dataset: CZSLDataset, tmp_path: Path) -> None:
+    with pytest.raises(BenchError, match="no split"):
+        extract_features(tiny, dataset, "holdout", tmp_path, console=_console()[0])
