@@ -92,8 +92,8 @@ class Method(abc.ABC):
         """Tensors that training changed (saved as artifacts and checkpoints)."""
         return {}
 
-    def load_trainable_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what ``trainable_state`` returned."""
+    def load_trainable_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what ``trainable_state`` returned (methods that train override it)."""
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -124,6 +124,75 @@ def get_method_class(name: str) -> type[Method]:
     if name not in _REGISTRY:
         raise BenchError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def resolve_hparams(
+    method_name: str, dataset_name: str, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Hyperparameters of ``method_name`` on ``dataset_name`` from its card, plus overrides.
+
+    The card's ``[hparams.default]`` table is updated with the dataset's table: the exact
+    dataset name, else the longest ``-``-separated prefix that has a table (so
+    ``synthetic-cgqa`` uses ``[hparams.synthetic]``). ``overrides`` win; ``None`` values
+    are ignored and strings are converted to the type of the value they replace.
+
+    Raises:
+        BenchError: On an override key the card does not define, or a value that cannot be
+            converted.
+    """
+    from bench.cards import load_card
+
+    tables = load_card("methods", method_name).get("hparams", {})
+    resolved: dict[str, Any] = dict(tables.get("default", {}))
+    parts = dataset_name.split("-")
+    for end in range(len(parts), 0, -1):
+        candidate = "-".join(parts[:end])
+        if candidate != "default" and isinstance(tables.get(candidate), dict):
+            resolved.update(tables[candidate])
+            break
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in resolved:
+            known = ", ".join(sorted(resolved)) or "none"
+            raise BenchError(
+                f"unknown hyperparameter {key!r} for method {method_name}; known: {known}"
+            )
+        resolved[key] = _coerce_hparam(method_name, key, value, resolved[key])
+    return resolved
+
+
+def _coerce_hparam(method_name: str, key: str, value: Any, default: Any) -> Any:
+    """Convert ``value`` to the type of ``default`` (strings from the CLI, ints for floats)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, str):
+        return str(value)
+    else:
+        return value
+    raise BenchError(
+        f"hyperparameter {key!r} of method {method_name} must be a {type(default).__name__} "
+        f"(like {default!r}), got {value!r}"
+    )
 
 
 def _import_builtin_methods() -> None:

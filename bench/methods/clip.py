@@ -1,0 +1,50 @@
+"""Zero-shot CLIP: score each pair with the prompt "a photo of {attr} {obj}"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bench.backbones import clean_name
+from bench.methods.base import FitContext, register_method
+from bench.methods.common import ClipFamilyMethod
+
+
+@register_method("clip")
+class ClipZeroShot(ClipFamilyMethod):
+    """Frozen CLIP with a hand-written prompt per (attribute, object) pair; trains nothing.
+
+    Hyperparameters:
+        template: Prompt with ``{attr}`` and ``{obj}`` placeholders (names are cleaned:
+            lowercase, '.' and '_' become spaces).
+    """
+
+    trains = False
+
+    def _setup(self, ctx: FitContext) -> None:
+        template = str(self.hparams.get("template", "a photo of {attr} {obj}"))
+        self._template = template
+        self._attr_names = [clean_name(a) for a in self.dataset.attrs]
+        self._obj_names = [clean_name(o) for o in self.dataset.objs]
+
+    def prompts(self, pairs: torch.Tensor) -> list[str]:
+        """The prompt text of each (attr_id, obj_id) pair."""
+        return [
+            self._template.format(attr=self._attr_names[a], obj=self._obj_names[o])
+            for a, o in pairs.tolist()
+        ]
+
+    def _text_features(self, pairs: torch.Tensor, train: bool) -> torch.Tensor:
+        return self.backbone.encode_text(self.prompts(pairs)).float()
+
+    def fit(self, ctx: FitContext) -> dict[str, Any]:
+        """Bind the backbone and dataset; nothing is trained."""
+        self.prepare(ctx)
+        return {
+            "best_epoch": 0,
+            "epochs_run": 0,
+            "best_val_auc": None,
+            "final_loss": None,
+            "augment": "none",
+        }

@@ -1,0 +1,599 @@
+"""Shared machinery of the CLIP-family methods (clip, coop, csp).
+
+Seeding, batching, prompt templates, blockwise scoring, best-epoch tracking and the one
+training loop that coop and csp share (cached features or re-encoded augmented images).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+import hashlib
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from bench.device import autocast
+from bench.errors import BenchError
+from bench.io import atomic_open
+from bench.methods.base import FitContext, Method, resolve_hparams
+
+if TYPE_CHECKING:
+    from bench.backbones import Backbone
+
+#: Pairs encoded per text-encoder call when scoring (does not change results).
+TEXT_BATCH_SIZE = 1024
+#: Score blocks cached per method instance (closed + open world candidate sets).
+_CACHE_ENTRIES = 2
+#: The prompt template of CSP and CoOp: the two ``x`` are replaced by attribute and object.
+SOFT_TEMPLATE = "a photo of x x"
+AUGMENT_MODES = ("none", "paper")
+#: Above this many prompt tokens per step, training encodes the training pairs' prompts in
+#: chunks under activation checkpointing (e.g. C-GQA's 5,592 pairs at 77 tokens).
+CHECKPOINT_TOKENS = 1 << 16
+
+
+# --------------------------------------------------------------------------- seeding
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch from ``seed``; return a CPU generator for shuffling.
+
+    Args:
+        seed: The run seed.
+
+    Returns:
+        A ``torch.Generator`` on the CPU seeded with ``seed``.
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def device_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` (for dropout masks), seeded from ``seed``."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed(seed + 1)
+    return generator
+
+
+def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Inverted dropout, like ``nn.Dropout(p)`` in training mode, drawn from ``generator``.
+
+    Args:
+        x: Input tensor.
+        p: Probability of zeroing an element.
+        generator: Generator on ``x.device`` (keeps the mask independent of global RNG).
+
+    Returns:
+        ``x`` with elements zeroed with probability ``p`` and the rest scaled by 1/(1-p).
+    """
+    if p <= 0.0:
+        return x
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    keep = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) >= p
+    return x * keep / (1.0 - p)
+
+
+# --------------------------------------------------------------------------- hparams
+
+
+def method_hparams(method_name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's default table for ``method_name`` updated with ``hparams``.
+
+    Lets a method be built with partial hyperparameters (tests, library use) while the
+    card stays the single source of default values.
+    """
+    merged = resolve_hparams(method_name, "default")
+    merged.update({k: v for k, v in hparams.items() if v is not None})
+    return merged
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float32 rows scaled to unit L2 norm."""
+    return F.normalize(x.float(), dim=-1)
+
+
+def autocast_context(backbone: Backbone) -> contextlib.AbstractContextManager[Any]:
+    """Autocast to the backbone's mixed-precision dtype on CUDA; a no-op on the CPU."""
+    return autocast(backbone.device, getattr(backbone, "autocast_dtype", None))
+
+
+def pairs_digest(pairs: np.ndarray) -> str:
+    """A short content hash of a (P, 2) pair array (cache key)."""
+    array = np.ascontiguousarray(np.asarray(pairs, dtype=np.int64))
+    return hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()
+
+
+def as_pair_tensor(pairs: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """(P, 2) int64 tensor on ``device``; raises BenchError on a malformed array."""
+    tensor = torch.as_tensor(np.asarray(pairs), dtype=torch.long, device=device)
+    if tensor.ndim != 2 or tensor.shape[1] != 2:
+        raise BenchError(f"candidate pairs must have shape (P, 2), got {tuple(tensor.shape)}")
+    return tensor
+
+
+def score_blocks(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: float,
+    block_size: int,
+) -> Iterator[np.ndarray]:
+    """Yield ``logit_scale * cosine`` float32 blocks of image rows against all texts.
+
+    Args:
+        image_features: (N, D) image features (any device, not necessarily normalised).
+        text_features: (P, D) unit-norm float32 text features (their device is used).
+        logit_scale: The fixed CLIP temperature (already exponentiated).
+        block_size: Image rows per yielded block.
+
+    Yields:
+        Arrays of shape (n_i, P), float32, in image order.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    device = text_features.device
+    text_t = text_features.t()
+    for start in range(0, image_features.shape[0], block_size):
+        block = normalize(image_features[start : start + block_size].to(device))
+        yield (logit_scale * (block @ text_t)).float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class PromptTemplate:
+    """A tokenised soft-prompt template and its frozen token embeddings.
+
+    Attributes:
+        tokens: (1, L) token ids on the backbone device (possibly truncated, see below).
+        embeddings: (1, L, width) float32 frozen token embeddings of ``tokens``.
+        eot: Index of the end-of-text token (``tokens.argmax()``).
+    """
+
+    tokens: torch.Tensor
+    embeddings: torch.Tensor
+    eot: int
+
+    @classmethod
+    def build(cls, backbone: Backbone, text: str, context_length: int | None) -> PromptTemplate:
+        """Tokenise ``text`` once; truncate to ``context_length`` tokens if that is exact.
+
+        The official CSP code tokenises with context length 8 for speed. Positions after
+        the end-of-text token never influence it under CLIP's causal mask, so truncation
+        changes nothing but speed. It is used only if the backbone's
+        ``encode_text_embeddings`` accepts the shorter sequence and gives the same feature.
+        """
+        tokens = backbone.tokenizer([text]).to(backbone.device)
+        eot = int(tokens[0].argmax())
+        with torch.no_grad():
+            embeddings = backbone.token_embeddings(tokens).float()
+        template = cls(tokens=tokens, embeddings=embeddings, eot=eot)
+        if context_length and eot < context_length < tokens.shape[1]:
+            short = cls(tokens[:, :context_length], embeddings[:, :context_length], eot)
+            if _truncation_is_exact(backbone, template, short):
+                return short
+        return template
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (n, L) and a writable copy of the embeddings (n, L, width)."""
+        return self.tokens.expand(n, -1), self.embeddings.expand(n, -1, -1).clone()
+
+
+def _truncation_is_exact(backbone: Backbone, full: PromptTemplate, short: PromptTemplate) -> bool:
+    """Whether the backbone encodes the truncated template to the same feature."""
+    try:
+        with torch.no_grad():
+            a = backbone.encode_text_embeddings(full.embeddings, full.tokens).float()
+            b = backbone.encode_text_embeddings(short.embeddings, short.tokens).float()
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    if a.shape != b.shape:
+        return False
+    # float32: equal up to rounding; mixed precision: kernels differ with the length
+    tolerance = 1e-4 if getattr(backbone, "autocast_dtype", None) is None else 2e-2
+    return bool((a - b).norm() <= tolerance * a.norm())
+
+
+# --------------------------------------------------------------------------- selection
+
+
+class BestEpochTracker:
+    """Keeps a copy of the trainable state of the epoch with the strictly best val AUC."""
+
+    def __init__(self) -> None:
+        self.best_epoch: int | None = None
+        self.best_auc: float | None = None
+        self.best_state: dict[str, Any] | None = None
+
+    def update(self, epoch: int, auc: float, state: Mapping[str, Any]) -> bool:
+        """Record ``epoch`` if ``auc`` beats every earlier epoch (NaN never does).
+
+        Returns:
+            True if this epoch is the new best.
+        """
+        if auc != auc:  # NaN
+            return False
+        if self.best_auc is not None and not auc > self.best_auc:
+            return False
+        self.best_epoch, self.best_auc = epoch, float(auc)
+        self.best_state = clone_state(state)
+        return True
+
+
+def clone_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep copy of a trainable state; tensors are detached CPU clones."""
+    return {
+        key: value.detach().cpu().clone() if torch.is_tensor(value) else copy.deepcopy(value)
+        for key, value in state.items()
+    }
+
+
+def save_checkpoint(directory: Path, epoch: int, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` atomically to ``directory/epoch-XXX.pt``."""
+    path = Path(directory) / f"epoch-{epoch:03d}.pt"
+    with atomic_open(path, "wb") as handle:
+        torch.save(clone_state(state), handle)
+    return path
+
+
+# --------------------------------------------------------------------------- training data
+
+
+def train_pair_labels(
+    attr_ids: Sequence[int] | np.ndarray,
+    obj_ids: Sequence[int] | np.ndarray,
+    train_pairs: np.ndarray,
+    dataset_name: str,
+) -> torch.Tensor:
+    """Index of each image's (attr, obj) pair among ``train_pairs``.
+
+    Raises:
+        BenchError: If an image's pair is not a training pair.
+    """
+    index = {(int(a), int(o)): i for i, (a, o) in enumerate(np.asarray(train_pairs))}
+    labels = []
+    for a, o in zip(np.asarray(attr_ids), np.asarray(obj_ids), strict=True):
+        label = index.get((int(a), int(o)))
+        if label is None:
+            raise BenchError(
+                f"dataset {dataset_name}: a training image has pair ({int(a)}, {int(o)}) "
+                "that is not among the training pairs; rebuild the dataset split files"
+            )
+        labels.append(label)
+    return torch.tensor(labels, dtype=torch.long)
+
+
+class _AugmentedImages(torch.utils.data.Dataset):
+    """Training images loaded from disk and passed through the backbone's train transform."""
+
+    def __init__(self, paths: list[Path], labels: torch.Tensor, transform: Callable) -> None:
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as image:
+            return self.transform(image.convert("RGB")), self.labels[i]
+
+
+def _name_to_id(value: Any, mapping: Mapping[str, int]) -> int:
+    return int(value) if isinstance(value, (int, np.integer)) else mapping[value]
+
+
+class TrainingBatches:
+    """Per-epoch (normalised image features, train-pair labels) batches for either path.
+
+    ``augment="none"``: the cached ``ctx.features["train"]`` features, shuffled.
+    ``augment="paper"``: every step re-encodes freshly augmented training images with
+    ``backbone.encode_images(backbone.train_transform(image))``.
+    """
+
+    def __init__(self, ctx: FitContext, train_pairs: np.ndarray, batch_size: int) -> None:
+        backbone = ctx.backbone
+        assert backbone is not None
+        self.backbone, self.batch_size, self.augment = backbone, batch_size, ctx.augment
+        self.device = torch.device(backbone.device)
+        name = getattr(ctx.dataset, "name", "?")
+        if ctx.augment == "none":
+            if "train" not in ctx.features:
+                raise BenchError("training on cached features needs the train split's features")
+            feature_set = ctx.features["train"]
+            self.features = normalize(torch.as_tensor(feature_set.features)).to(self.device)
+            self.labels = train_pair_labels(
+                feature_set.attr_idx, feature_set.obj_idx, train_pairs, name
+            ).to(self.device)
+            self.size = self.features.shape[0]
+        elif ctx.augment == "paper":
+            dataset = ctx.dataset
+            samples = list(dataset.splits["train"])
+            attr_ids = [_name_to_id(s.attr, dataset.attr_to_id) for s in samples]
+            obj_ids = [_name_to_id(s.obj, dataset.obj_to_id) for s in samples]
+            labels = train_pair_labels(attr_ids, obj_ids, train_pairs, name)
+            paths = [Path(dataset.image_path(s)) for s in samples]
+            self.images = _AugmentedImages(paths, labels, backbone.train_transform)
+            self.size = len(samples)
+        else:
+            raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_MODES}")
+        if self.size == 0:
+            raise BenchError(f"dataset {name} has no training images")
+
+    def num_batches(self) -> int:
+        """Batches per epoch (the last one may be smaller)."""
+        return -(-self.size // self.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield shuffled (features (b, D) unit-norm float32, labels (b,)) on the device."""
+        if self.augment == "none":
+            order = torch.randperm(self.size, generator=generator).to(self.device)
+            for index in order.split(self.batch_size):
+                yield self.features[index], self.labels[index]
+            return
+        workers = 0 if self.device.type == "cpu" else min(8, torch.get_num_threads())
+        loader = torch.utils.data.DataLoader(
+            self.images,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, labels in loader:
+            with torch.no_grad(), autocast_context(self.backbone):
+                feats = self.backbone.encode_images(images.to(self.device, non_blocking=True))
+            yield normalize(feats), labels.to(self.device)
+
+
+# --------------------------------------------------------------------------- method bases
+
+
+class ClipFamilyMethod(Method):
+    """Base of methods scoring ``logit_scale * cos(image, text(attr, obj))`` with CLIP.
+
+    Subclasses implement ``_setup`` and ``_text_features``; this class provides blockwise
+    scoring with a small cache of the candidate-pair text features.
+    """
+
+    needs_text_encoder = True
+
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        super().__init__(method_hparams(self.name, hparams))
+        self.backbone: Backbone | None = None
+        self.dataset: Any = None
+        self.text_batch_size = TEXT_BATCH_SIZE
+        self._version = 0
+        self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
+
+    # -- setup
+    def prepare(self, ctx: FitContext) -> None:
+        """Bind the dataset and backbone and build the prompts; no training (idempotent).
+
+        Non-None values of ``ctx.hparams`` take precedence over the constructor's.
+        """
+        self.hparams.update({k: v for k, v in ctx.hparams.items() if v is not None})
+        if ctx.backbone is None:
+            raise BenchError(f"method {self.name} needs a CLIP backbone")
+        if self.backbone is ctx.backbone and self.dataset is ctx.dataset:
+            return
+        self.backbone, self.dataset = ctx.backbone, ctx.dataset
+        self._invalidate()
+        self._setup(ctx)
+
+    @abc.abstractmethod
+    def _setup(self, ctx: FitContext) -> None:
+        """Build prompts / parameters for ``self.dataset`` and ``self.backbone``."""
+
+    @abc.abstractmethod
+    def _text_features(self, pairs: torch.Tensor, train: bool) -> torch.Tensor:
+        """(P, D) text features (not normalised) of a batch of (attr, obj) id pairs."""
+
+    def _invalidate(self) -> None:
+        """Mark the trainable state as changed (drops cached text features)."""
+        self._version += 1
+        self._text_cache.clear()
+
+    def _require_setup(self) -> Backbone:
+        if self.backbone is None:
+            raise RuntimeError(f"{self.name}: call fit() or prepare() before scoring")
+        return self.backbone
+
+    # -- scoring
+    def pair_text_features(self, pairs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(P, D) unit-norm float32 text features of ``pairs`` in eval mode, batched."""
+        backbone = self._require_setup()
+        pair_tensor = as_pair_tensor(pairs, backbone.device)
+        chunks = []
+        with torch.no_grad(), autocast_context(backbone):
+            for batch in pair_tensor.split(self.text_batch_size):
+                chunks.append(normalize(self._text_features(batch, train=False)))
+        if not chunks:
+            return torch.zeros(0, backbone.embed_dim, device=backbone.device)
+        return torch.cat(chunks)
+
+    def score(
+        self, image_features: torch.Tensor, pairs: np.ndarray, block_size: int = 1024
+    ) -> Iterator[np.ndarray]:
+        """Yield float32 ``logit_scale * cosine`` blocks (n_i, P) in image order."""
+        backbone = self._require_setup()
+        key = (pairs_digest(pairs), self._version)
+        text = self._text_cache.get(key)
+        if text is None:
+            text = self.pair_text_features(pairs)
+            while len(self._text_cache) >= _CACHE_ENTRIES:
+                self._text_cache.pop(next(iter(self._text_cache)))
+            self._text_cache[key] = text
+        yield from score_blocks(
+            torch.as_tensor(image_features), text, float(backbone.logit_scale), block_size
+        )
+
+    def backbone_name(self) -> str:
+        """A printable name of the bound backbone (for error messages)."""
+        backbone = self.backbone
+        spec = getattr(backbone, "spec", None)
+        for value in (getattr(spec, "raw", None), spec, getattr(backbone, "name", None)):
+            if isinstance(value, str):
+                return value
+        return type(backbone).__name__
+
+
+class SoftPromptMethod(ClipFamilyMethod):
+    """A CLIP-family method that trains prompt tensors with the CSP recipe.
+
+    The training loop (shared by coop and csp) follows the official CSP ``train.py``:
+    cross-entropy of ``logit_scale * cosine`` over the training pairs, ``torch.optim.Adam``
+    with L2 ``weight_decay``, no schedule, gradient accumulation (loss divided by the
+    number of steps; a step also at the end of each epoch), and, in addition, selection of
+    the epoch with the best closed-world val AUC.
+    """
+
+    template: PromptTemplate
+
+    def __init__(self, hparams: Mapping[str, Any]) -> None:
+        super().__init__(hparams)
+        self._pending_state: Mapping[str, Any] | None = None
+        self._dropout_generator: torch.Generator | None = None
+
+    @abc.abstractmethod
+    def _parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable tensors."""
+
+    @abc.abstractmethod
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        """Validate ``state`` against the current setup and copy it in."""
+
+    @abc.abstractmethod
+    def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
+        """The trainable tensors as the prompts use them (e.g. after dropout in training)."""
+
+    @abc.abstractmethod
+    def _encode_pairs(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        """(P, D) text features (not normalised) of ``pairs`` from ``_prompt_inputs``."""
+
+    def _text_features(self, pairs: torch.Tensor, train: bool) -> torch.Tensor:
+        return self._encode_pairs(pairs, *self._prompt_inputs(train))
+
+    def _training_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        """Unit-norm text features of all training pairs, with gradients.
+
+        One set of prompt inputs (one dropout mask) per step. When the prompts hold more
+        than ``CHECKPOINT_TOKENS`` tokens, the text encoder runs in chunks under activation
+        checkpointing (same gradients, bounded memory, one extra forward pass).
+        """
+        inputs = self._prompt_inputs(True)
+        tokens = pairs.shape[0] * self.template.tokens.shape[1]
+        if tokens <= CHECKPOINT_TOKENS:
+            return normalize(self._encode_pairs(pairs, *inputs))
+        chunk = max(1, CHECKPOINT_TOKENS // self.template.tokens.shape[1])
+        return torch.cat(
+            [
+                normalize(checkpoint(self._encode_pairs, part, *inputs, use_reentrant=False))
+                for part in pairs.split(chunk)
+            ]
+        )
+
+    def load_trainable_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a saved state; before setup it is kept and applied by ``prepare``/``fit``."""
+        if self.backbone is None:
+            self._pending_state = clone_state(state)
+            return
+        self._apply_state(state)
+        self._invalidate()
+
+    def prepare(self, ctx: FitContext) -> None:
+        """Bind dataset and backbone, build prompts, then apply any state loaded earlier."""
+        super().prepare(ctx)
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.load_trainable_state(state)
+
+    def fit(self, ctx: FitContext) -> dict[str, Any]:
+        """Train the prompt tensors; keep the epoch with the best val AUC.
+
+        Returns:
+            ``best_epoch`` (1-based, 0 if nothing trained), ``epochs_run``,
+            ``best_val_auc``, ``final_loss`` (mean cross-entropy of the last epoch) and
+            ``augment`` (the image path used: "none" = cached features, "paper").
+        """
+        if ctx.augment not in AUGMENT_MODES:
+            raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_MODES}")
+        self.prepare(ctx)
+        backbone = self._require_setup()
+        hp = self.hparams
+        epochs = int(hp["epochs"])
+        if epochs < 0:
+            raise BenchError(f"epochs must be >= 0, got {epochs}")
+        generator = seed_everything(ctx.seed)
+        log: dict[str, Any] = {
+            "best_epoch": 0,
+            "epochs_run": 0,
+            "best_val_auc": None,
+            "final_loss": None,
+            "augment": ctx.augment,
+        }
+        if epochs == 0:
+            return log
+
+        accumulation = max(1, int(hp.get("gradient_accumulation_steps", 1)))
+        train_pairs_np = np.asarray(ctx.dataset.seen_pairs_ids(), dtype=np.int64)
+        batches = TrainingBatches(ctx, train_pairs_np, int(hp["batch_size"]))
+        train_pairs = torch.as_tensor(train_pairs_np, device=backbone.device)
+        params = self._parameters()
+        optimizer = torch.optim.Adam(
+            params, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0))
+        )
+        self._dropout_generator = device_generator(ctx.seed, backbone.device)
+        logit_scale = float(backbone.logit_scale)
+        tracker = BestEpochTracker()
+        n_batches = batches.num_batches()
+        epoch_loss = float("nan")
+
+        for epoch in range(1, epochs + 1):
+            losses: list[float] = []
+            optimizer.zero_grad(set_to_none=True)
+            for step, (feats, labels) in enumerate(batches.epoch(generator)):
+                with autocast_context(backbone):
+                    text = self._training_text_features(train_pairs)
+                logits = logit_scale * feats @ text.t()
+                loss = F.cross_entropy(logits, labels)
+                (loss / accumulation).backward()
+                losses.append(float(loss.detach()))
+                if (step + 1) % accumulation == 0 or step + 1 == n_batches:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    self._invalidate()
+            epoch_loss = float(np.mean(losses)) if losses else float("nan")
+            auc = float(ctx.validate(self))
+            tracker.update(epoch, auc, self.trainable_state())
+            if ctx.checkpoint_dir is not None:
+                save_checkpoint(ctx.checkpoint_dir, epoch, self.trainable_state())
+            ctx.on_epoch_end(epoch, {"train/loss": epoch_loss, "val/cw/auc": auc})
+
+        if tracker.best_state is not None:
+            self._apply_state(tracker.best_state)
+            self._invalidate()
+        log.update(
+            best_epoch=tracker.best_epoch if tracker.best_epoch is not None else epochs,
+            epochs_run=epochs,
+            best_val_auc=tracker.best_auc,
+            final_loss=epoch_loss,
+        )
+        return log

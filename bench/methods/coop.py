@@ -1,0 +1,85 @@
+"""CoOp for CZSL (Zhou et al., IJCV 2022), as the CSP paper runs it.
+
+Three learnable context vectors, initialised from the token embeddings of "a photo of",
+replace the template's first three words; the attribute and object words are frozen
+vectors (the mean token embedding of each name) at the two positions before end-of-text,
+in the tokenised template "a photo of x x". Only the (3, width) context trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from bench.errors import BenchError
+from bench.methods.base import FitContext, register_method
+from bench.methods.common import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod
+
+CONTEXT_INIT = "a photo of"
+
+
+@register_method("coop")
+class CoOp(SoftPromptMethod):
+    """Learned prompt context shared by all pairs; attribute/object words stay frozen.
+
+    Hyperparameters (see methods/coop.toml): ``epochs``, ``lr``, ``weight_decay``,
+    ``batch_size``, ``gradient_accumulation_steps``, ``context_length``.
+    """
+
+    def _setup(self, ctx: FitContext) -> None:
+        backbone, dataset = self.backbone, self.dataset
+        self.template = PromptTemplate.build(
+            backbone, SOFT_TEMPLATE, int(self.hparams.get("context_length", 0) or 0)
+        )
+        init_tokens = backbone.tokenizer([CONTEXT_INIT]).to(backbone.device)
+        self.n_ctx = int(init_tokens[0].argmax()) - 1
+        template_tokens = self.template.tokens[0]
+        if self.template.eot != self.n_ctx + 3 or not torch.equal(
+            template_tokens[1 : 1 + self.n_ctx], init_tokens[0, 1 : 1 + self.n_ctx]
+        ):
+            raise BenchError(f"cannot align context {CONTEXT_INIT!r} with {SOFT_TEMPLATE!r}")
+        with torch.no_grad():
+            context = backbone.token_embeddings(init_tokens)[0, 1 : 1 + self.n_ctx].float()
+            self.attr_vectors = torch.stack(
+                [backbone.name_embedding(a).float() for a in dataset.attrs]
+            ).to(backbone.device)
+            self.obj_vectors = torch.stack(
+                [backbone.name_embedding(o).float() for o in dataset.objs]
+            ).to(backbone.device)
+        self.context = torch.nn.Parameter(context.clone().to(backbone.device))
+
+    def _parameters(self) -> list[torch.nn.Parameter]:
+        return [self.context]
+
+    def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
+        return (self.context,)
+
+    def _encode_pairs(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        (context,) = inputs
+        tokens, embeddings = self.template.batch(pairs.shape[0])
+        eot = self.template.eot
+        dtype = embeddings.dtype
+        embeddings[:, 1 : 1 + self.n_ctx, :] = context.to(dtype)
+        embeddings[:, eot - 2, :] = self.attr_vectors[pairs[:, 0]].to(dtype)
+        embeddings[:, eot - 1, :] = self.obj_vectors[pairs[:, 1]].to(dtype)
+        return self.backbone.encode_text_embeddings(embeddings, tokens).float()
+
+    def trainable_state(self) -> dict[str, Any]:
+        """``{"context": (n_ctx, width) tensor}``."""
+        if self.backbone is None:
+            return {}
+        return {"context": self.context.detach().cpu().clone()}
+
+    def _apply_state(self, state: Mapping[str, Any]) -> None:
+        if "context" not in state:
+            raise BenchError("saved CoOp state has no 'context'; it is not a CoOp artifact")
+        saved = torch.as_tensor(state["context"])
+        if tuple(saved.shape) != tuple(self.context.shape):
+            raise BenchError(
+                f"saved context has shape {tuple(saved.shape)} but backbone "
+                f"{self.backbone_name()} needs {tuple(self.context.shape)}"
+            )
+        with torch.no_grad():
+            self.context.copy_(saved.to(self.context.device, self.context.dtype))

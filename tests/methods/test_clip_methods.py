@@ -1,0 +1,370 @@
+"""Tests of the CLIP-family methods (clip, coop, csp) on the tiny-random backbone."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data.czsl import CZSLDataset, Sample
+from bench.errors import BenchError
+from bench.features import FeatureSet, extract_features
+from bench.methods import get_method_class, method_names
+from bench.methods.base import FitContext, resolve_hparams
+
+ATTRS = ("blue", "green", "red")
+OBJS = ("car", "cat", "dog")
+TRAIN_PAIRS = (("red", "cat"), ("blue", "dog"), ("green", "car"), ("red", "car"), ("blue", "cat"))
+VAL_PAIRS = (("red", "cat"), ("green", "dog"))
+TEST_PAIRS = (("blue", "dog"), ("red", "dog"), ("blue", "car"))
+PER_PAIR = 6
+
+
+@functools.cache
+def backbone() -> Any:
+    from bench.backbones import load_backbone
+
+    return load_backbone("tiny-random", device="cpu")
+
+
+def make_dataset(root: Path | None = None) -> CZSLDataset:
+    """A 3 x 3 dataset with single-token names; images (if ``root``) are tiny PNGs."""
+    splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+    for split, pairs in (("train", TRAIN_PAIRS), ("val", VAL_PAIRS), ("test", TEST_PAIRS)):
+        for attr, obj in pairs:
+            for k in range(PER_PAIR if split == "train" else 2):
+                splits[split].append(
+                    Sample(image=f"{attr}_{obj}/{split}{k}.png", attr=attr, obj=obj)
+                )
+    if root is not None:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for sample in splits["train"]:
+            path = root / "images" / sample.image
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
+    union = sorted(set(TRAIN_PAIRS) | set(VAL_PAIRS) | set(TEST_PAIRS))
+    return CZSLDataset(
+        name="toy",
+        root=root or Path("/nonexistent"),
+        attrs=ATTRS,
+        objs=OBJS,
+        pairs=tuple(union),
+        train_pairs=TRAIN_PAIRS,
+        val_pairs=VAL_PAIRS,
+        test_pairs=TEST_PAIRS,
+        splits=MappingProxyType({k: tuple(v) for k, v in splits.items()}),
+        fingerprint="toy",
+    )
+
+
+def make_features(dataset: CZSLDataset, split: str, seed: int = 0) -> FeatureSet:
+    """Image features near the zero-shot text feature of each image's pair (plus noise)."""
+    attr_ids, obj_ids = dataset.labels(split)
+    bb = backbone()
+    prompts = [f"a photo of {ATTRS[a]} {OBJS[o]}" for a, o in zip(attr_ids, obj_ids, strict=True)]
+    text = torch.nn.functional.normalize(bb.encode_text(prompts), dim=-1).cpu()
+    gen = torch.Generator().manual_seed(seed)
+    feats = text + 0.5 * torch.randn(text.shape, generator=gen) / text.shape[1] ** 0.5
+    paths = tuple(s.image for s in dataset.splits[split])
+    return FeatureSet(feats.float(), attr_ids, obj_ids, paths, cache_hit=False, key=split)
+
+
+def make_ctx(dataset: CZSLDataset, hparams: dict[str, Any], **kwargs: Any) -> FitContext:
+    features = {
+        split: make_features(dataset, split, i) for i, split in enumerate(("train", "val", "test"))
+    }
+    kwargs.setdefault("seed", 0)
+    return FitContext(
+        dataset=dataset, backbone=backbone(), features=features, hparams=hparams, **kwargs
+    )
+
+
+def make_method(name: str, **hparams: Any) -> Any:
+    return get_method_class(name)(resolve_hparams(name, "synthetic", hparams))
+
+
+def dense_scores(
+    method: Any, feats: torch.Tensor, pairs: np.ndarray, block_size: int = 1024
+) -> np.ndarray:
+    blocks = list(method.score(feats, pairs, block_size=block_size))
+    for block in blocks:
+        assert block.dtype == np.float32
+        assert block.shape[1] == len(pairs)
+    return np.concatenate(blocks)
+
+
+def backbone_state() -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in backbone().model.state_dict().items()}
+
+
+def assert_backbone_unchanged(before: dict[str, torch.Tensor]) -> None:
+    after = backbone().model.state_dict()
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        assert torch.equal(value, after[key]), key
+    assert not any(p.requires_grad for p in backbone().model.parameters())
+
+
+# ----------------------------------------------------------------------------- registry/cards
+
+
+def test_methods_registered_with_cards() -> None:
+    names = method_names()
+    for name in ("clip", "coop", "csp"):
+        assert name in names
+        assert get_method_class(name).needs_text_encoder
+    assert get_method_class("clip").trains is False
+    assert get_method_class("csp").trains is True
+
+
+def test_resolve_hparams_precedence() -> None:
+    assert resolve_hparams("csp", "mit-states")["lr"] == 5e-5
+    zappos = resolve_hparams("csp", "ut-zappos")
+    assert zappos["lr"] == 5e-4 and zappos["attr_dropout"] == 0.2 and zappos["batch_size"] == 64
+    cgqa = resolve_hparams("csp", "cgqa")
+    assert cgqa["batch_size"] * cgqa["gradient_accumulation_steps"] == 128
+    assert resolve_hparams("csp", "synthetic-cgqa") == resolve_hparams("csp", "synthetic")
+    assert resolve_hparams("csp", "my-own-data") == resolve_hparams("csp", "default")
+    assert resolve_hparams("csp", "default")["context_length"] == 8
+    # overrides win over the dataset table; None is ignored; strings are converted
+    out = resolve_hparams("csp", "ut-zappos", {"lr": 1e-3, "epochs": "3", "attr_dropout": None})
+    assert out["lr"] == 1e-3 and out["epochs"] == 3 and out["attr_dropout"] == 0.2
+    assert resolve_hparams("csp", "cgqa", {"lr": 1})["lr"] == 1.0
+    with pytest.raises(BenchError, match="unknown hyperparameter 'nope'"):
+        resolve_hparams("csp", "cgqa", {"nope": 1})
+    with pytest.raises(BenchError, match="must be a int"):
+        resolve_hparams("csp", "cgqa", {"epochs": "many"})
+    with pytest.raises(BenchError, match="unknown method"):
+        resolve_hparams("no-such-method", "cgqa")
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+
+def test_zero_epochs_score_exactly_like_clip() -> None:
+    dataset = make_dataset()
+    feats = make_features(dataset, "test").features
+    results = {}
+    for name in ("clip", "coop", "csp"):
+        method = make_method(name, **({} if name == "clip" else {"epochs": 0}))
+        log = method.fit(make_ctx(dataset, method.hparams))
+        assert log["epochs_run"] == 0 and log["best_epoch"] == 0
+        for world in ("closed", "open"):
+            results[name, world] = dense_scores(method, feats, dataset.candidate_pairs(world))
+    for world in ("closed", "open"):
+        np.testing.assert_allclose(results["csp", world], results["clip", world], atol=1e-5)
+        np.testing.assert_allclose(results["coop", world], results["clip", world], atol=1e-5)
+
+
+def test_csp_trains_only_the_vocabulary(tmp_path: Path) -> None:
+    dataset = make_dataset()
+    method = make_method("csp", epochs=2)
+    method.prepare(make_ctx(dataset, method.hparams))
+    initial = method.trainable_state()["vocabulary"]
+    before = backbone_state()
+    log = method.fit(make_ctx(dataset, method.hparams, checkpoint_dir=tmp_path))
+    assert_backbone_unchanged(before)
+    state = method.trainable_state()
+    assert state["attrs"] == list(ATTRS) and state["objs"] == list(OBJS)
+    assert state["vocabulary"].shape == (len(ATTRS) + len(OBJS), backbone().width)
+    assert not torch.equal(state["vocabulary"], initial)
+    assert log["epochs_run"] == 2 and log["augment"] == "none" and np.isfinite(log["final_loss"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-001.pt", "epoch-002.pt"]
+
+
+def test_coop_trains_only_the_context() -> None:
+    dataset = make_dataset()
+    method = make_method("coop", epochs=2)
+    method.prepare(make_ctx(dataset, method.hparams))
+    initial = method.trainable_state()["context"]
+    attr_vectors, obj_vectors = method.attr_vectors.clone(), method.obj_vectors.clone()
+    assert initial.shape == (3, backbone().width)
+    before = backbone_state()
+    method.fit(make_ctx(dataset, method.hparams))
+    assert_backbone_unchanged(before)
+    assert not torch.equal(method.trainable_state()["context"], initial)
+    assert torch.equal(method.attr_vectors, attr_vectors)
+    assert torch.equal(method.obj_vectors, obj_vectors)
+    assert set(method.trainable_state()) == {"context"}
+
+
+def test_same_seed_same_numbers_different_seed_differs() -> None:
+    dataset = make_dataset()
+    feats = make_features(dataset, "val").features
+    pairs = dataset.candidate_pairs("open")
+    runs = []
+    for seed in (3, 3, 4):
+        method = make_method("csp", epochs=2, attr_dropout=0.5)
+        method.fit(make_ctx(dataset, method.hparams, seed=seed))
+        runs.append((method.trainable_state()["vocabulary"], dense_scores(method, feats, pairs)))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert np.array_equal(runs[0][1], runs[1][1])
+    assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_validate_once_per_epoch_and_best_epoch_restored() -> None:
+    dataset = make_dataset()
+    method = make_method("csp", epochs=3)
+    script = iter([0.1, 0.5, 0.3])
+    validated: list[torch.Tensor] = []
+    epochs_seen: list[tuple[int, dict[str, float]]] = []
+
+    def validate(m: Any) -> float:
+        assert m is method
+        validated.append(m.trainable_state()["vocabulary"])
+        return next(script)
+
+    ctx = make_ctx(
+        dataset,
+        method.hparams,
+        validate=validate,
+        on_epoch_end=lambda epoch, metrics: epochs_seen.append((epoch, dict(metrics))),
+    )
+    log = method.fit(ctx)
+    assert len(validated) == 3
+    assert [e for e, _ in epochs_seen] == [1, 2, 3]
+    assert [m["val/cw/auc"] for _, m in epochs_seen] == [0.1, 0.5, 0.3]
+    assert all(np.isfinite(m["train/loss"]) for _, m in epochs_seen)
+    assert log["best_epoch"] == 2 and log["best_val_auc"] == 0.5 and log["epochs_run"] == 3
+    assert not torch.equal(validated[1], validated[2])
+    assert torch.equal(method.trainable_state()["vocabulary"], validated[1])
+    # scoring after the restore uses the restored vocabulary (no stale cache)
+    feats = make_features(dataset, "val").features
+    pairs = dataset.candidate_pairs("closed")
+    fresh = make_method("csp", epochs=0)
+    fresh.fit(make_ctx(dataset, fresh.hparams))
+    fresh.load_trainable_state(
+        {"vocabulary": validated[1], "attrs": list(ATTRS), "objs": list(OBJS)}
+    )
+    np.testing.assert_array_equal(
+        dense_scores(method, feats, pairs), dense_scores(fresh, feats, pairs)
+    )
+
+
+def test_score_blocks_match_dense_computation() -> None:
+    dataset = make_dataset()
+    method = make_method("csp", epochs=1)
+    method.fit(make_ctx(dataset, method.hparams))
+    method.text_batch_size = 4  # P = 9 candidates: several text batches
+    feats = torch.randn(11, backbone().embed_dim, generator=torch.Generator().manual_seed(1))
+    pairs = dataset.candidate_pairs("open")
+    blocks = list(method.score(feats, pairs, block_size=3))
+    assert [b.shape for b in blocks] == [(3, 9), (3, 9), (3, 9), (2, 9)]
+    assert all(b.dtype == np.float32 for b in blocks)
+    text = method.pair_text_features(pairs).cpu()
+    expected = backbone().logit_scale * torch.nn.functional.normalize(feats, dim=-1) @ text.t()
+    np.testing.assert_allclose(np.concatenate(blocks), expected.numpy(), rtol=1e-5, atol=1e-5)
+    # a larger candidate set than the text batch and block sizes; pairs in any order
+    many = np.concatenate([pairs, pairs[::-1], pairs[:5]])
+    out = dense_scores(method, feats, many, block_size=4)
+    assert out.shape == (11, len(many))
+    np.testing.assert_allclose(out[:, 9:18], out[:, :9][:, ::-1], atol=1e-5)
+
+
+def test_load_trainable_state_mismatch_raises() -> None:
+    dataset = make_dataset()
+    csp = make_method("csp", epochs=0)
+    csp.fit(make_ctx(dataset, csp.hparams))
+    state = csp.trainable_state()
+    with pytest.raises(BenchError, match=r"saved vocabulary has shape \(5, 64\) but dataset toy"):
+        csp.load_trainable_state({**state, "vocabulary": torch.zeros(5, 64)})
+    with pytest.raises(BenchError, match="differ"):
+        csp.load_trainable_state({**state, "objs": ["car", "cat", "pig"]})
+    with pytest.raises(BenchError):
+        csp.load_trainable_state({"context": torch.zeros(3, 64)})
+    coop = make_method("coop", epochs=0)
+    coop.fit(make_ctx(dataset, coop.hparams))
+    with pytest.raises(BenchError, match=r"saved context has shape \(4, 64\)"):
+        coop.load_trainable_state({"context": torch.zeros(4, 64)})
+    # a state loaded before setup is validated and applied when the method is prepared
+    late = make_method("csp", epochs=0)
+    late.load_trainable_state({**state, "vocabulary": state["vocabulary"] + 1})
+    late.fit(make_ctx(dataset, late.hparams))
+    assert torch.equal(late.trainable_state()["vocabulary"], state["vocabulary"] + 1)
+
+
+def test_paper_augmentation_reencodes_images(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path)
+    method = make_method("coop", epochs=1, batch_size=8, gradient_accumulation_steps=2)
+    calls = {"n": 0}
+    bb = backbone()
+    original = bb.encode_images
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return original(images)
+
+    object.__setattr__(bb, "encode_images", counting)
+    try:
+        log = method.fit(make_ctx(dataset, method.hparams, augment="paper"))
+    finally:
+        object.__delattr__(bb, "encode_images")
+    assert log["augment"] == "paper" and log["epochs_run"] == 1
+    assert calls["n"] == -(-len(dataset.splits["train"]) // 8)
+    with pytest.raises(BenchError, match="augment"):
+        method.fit(make_ctx(dataset, method.hparams, augment="heavy"))
+
+
+def test_checkpointed_training_matches_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.methods.common as common
+
+    dataset = make_dataset()
+    vocabularies = []
+    for limit in (common.CHECKPOINT_TOKENS, 2 * 77):  # 5 train pairs: plain, then chunks of 2
+        monkeypatch.setattr(common, "CHECKPOINT_TOKENS", limit)
+        method = make_method("csp", epochs=1, attr_dropout=0.3)
+        method.fit(make_ctx(dataset, method.hparams))
+        vocabularies.append(method.trainable_state()["vocabulary"])
+    torch.testing.assert_close(vocabularies[0], vocabularies[1], rtol=1e-5, atol=1e-6)
+
+
+def test_context_length_truncation_keeps_scores() -> None:
+    """Prompts are truncated to context_length tokens and still score exactly like clip."""
+    bb = backbone()
+    dataset = make_dataset()
+    feats = make_features(dataset, "test").features
+    pairs = dataset.candidate_pairs("open")
+    clip = make_method("clip")
+    clip.fit(make_ctx(dataset, clip.hparams))
+    expected = dense_scores(clip, feats, pairs)
+    for name in ("csp", "coop"):
+        method = make_method(name, epochs=0, context_length=8)
+        method.fit(make_ctx(dataset, method.hparams))
+        assert method.template.tokens.shape == (1, 8)
+        assert bb.context_length > 8
+        np.testing.assert_allclose(dense_scores(method, feats, pairs), expected, atol=1e-5)
+
+
+def test_synthetic_dataset_end_to_end(tiny_dataset: CZSLDataset, tmp_path: Path) -> None:
+    """Real (multi-token) names and images: cached-feature and augmented training both run."""
+    bb = backbone()
+    features = {
+        split: extract_features(bb, tiny_dataset, split, tmp_path) for split in ("train", "val")
+    }
+    pairs = tiny_dataset.candidate_pairs("closed")
+    for name, augment in (("csp", "none"), ("coop", "paper"), ("clip", "none")):
+        method = get_method_class(name)(resolve_hparams(name, tiny_dataset.name, {}))
+        if name != "clip":
+            method.hparams["epochs"] = 2
+        aucs = iter([0.2, 0.1])
+        ctx = FitContext(
+            dataset=tiny_dataset,
+            backbone=bb,
+            features=features,
+            hparams=method.hparams,
+            seed=0,
+            augment=augment,
+            validate=lambda m, aucs=aucs: next(aucs),
+        )
+        log = method.fit(ctx)
+        assert log["best_epoch"] == (0 if name == "clip" else 1)
+        scores = dense_scores(method, features["val"].features, pairs, block_size=7)
+        assert scores.shape == (len(tiny_dataset.splits["val"]), len(pairs))
+        assert np.isfinite(scores).all()
