@@ -49,23 +49,23 @@ def main() -> None:
             pairs[rng.integers(0, len(pairs), args.images - args.images // 2)],
         ]
     )
-    text = torch.nn.functional.normalize(
-        torch.randn(len(pairs), args.dim, generator=generator), dim=1
-    )
+    # Unit text features, normalised in place so the setup itself stays small.
+    text = torch.randn(len(pairs), args.dim, generator=generator)
+    text.div_(text.norm(dim=1, keepdim=True))
     label_cols = torch.from_numpy(labels[:, 0] * args.objs + labels[:, 1])
-    # Images close to their pair's text feature, so the task is not at chance.
-    images = torch.nn.functional.normalize(
-        text[label_cols] + 0.9 * torch.randn(args.images, args.dim, generator=generator), dim=1
-    )
+    # Images near their pair's text feature (noise of norm ~1), so the task is not at chance.
+    noise = torch.randn(args.images, args.dim, generator=generator) / args.dim**0.5
+    images = torch.nn.functional.normalize(text[label_cols] + noise, dim=1)
     baseline_rss = peak_rss_mb()
+    generation_seconds = 0.0
 
     def blocks():
+        nonlocal generation_seconds
         for start in range(0, args.images, args.block):
-            yield (100.0 * images[start : start + args.block] @ text.T).numpy()
-
-    start = time.perf_counter()
-    produced = sum(block.shape[0] for block in blocks())
-    generation_s = time.perf_counter() - start
+            tick = time.perf_counter()
+            block = (100.0 * images[start : start + args.block] @ text.T).numpy()
+            generation_seconds += time.perf_counter() - tick
+            yield block
 
     start = time.perf_counter()
     result = evaluate_scores(blocks(), labels[:, 0], labels[:, 1], pairs, seen)
@@ -75,16 +75,15 @@ def main() -> None:
         "images": args.images,
         "candidates": len(pairs),
         "dense_matrix_gb": args.images * len(pairs) * 4 / 1e9,
-        "score_generation_s": round(generation_s, 2),
-        "evaluate_s_including_generation": round(total_s, 2),
-        "evaluate_s_excluding_generation": round(total_s - generation_s, 2),
+        "score_generation_s": round(generation_seconds, 2),
+        "evaluator_s": round(total_s - generation_seconds, 2),
+        "total_s": round(total_s, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "rss_before_evaluation_mb": round(baseline_rss, 1),
+        "peak_rss_before_evaluation_mb": round(baseline_rss, 1),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "auc": result["auc"],
         "best_hm": result["best_hm"],
-        "rows_checked": produced,
         "goal": {"peak_rss_mb": 2048, "seconds": 60},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,193 @@
+"""``bench run``: every method x dataset x seed, closed and open world, logged to MLflow."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from bench.errors import BenchError
+
+
+def _int_list(option: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise BenchError(
+            f"{option}: {text!r} is not a comma-separated list of integers, e.g. 0,1,2"
+        ) from exc
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@click.command("run")
+@click.option(
+    "--methods", default="all", show_default=True, help="Comma-separated method names, or 'all'."
+)
+@click.option(
+    "--datasets",
+    default="synthetic",
+    show_default=True,
+    help="Comma-separated dataset names or folders; 'all' = mit-states,ut-zappos,cgqa.",
+)
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option(
+    "--backbone",
+    default=None,
+    help="MODEL:PRETRAINED (e.g. ViT-L-14:openai), hf-hub:org/repo, local-dir:PATH, MODEL:/path/ckpt.pt, "
+    "tiny-random or toy-clip. Default: toy-clip on synthetic data, ViT-L-14:openai otherwise.",
+)
+@click.option(
+    "--epochs", type=int, default=None, help="Override the card's epochs for training methods."
+)
+@click.option(
+    "--data-root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dataset root [default: ./data].",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Where results, caches and the MLflow store go.",
+)
+@click.option(
+    "--tracking-uri", default=None, help="MLflow tracking URI [default: sqlite in the results dir]."
+)
+@click.option("--rerun", is_flag=True, help="Redo cells that already have a result.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N [default: CUDA when available].")
+@click.option(
+    "--augment",
+    type=click.Choice(["none", "paper"]),
+    default="none",
+    show_default=True,
+    help="none: train on cached features; paper: re-encode flipped/rotated/perspective images each step.",
+)
+@click.option("--topk", type=int, default=1, show_default=True, help="Top-k accuracy.")
+@click.option(
+    "--feasibility",
+    type=click.Choice(["mask", "csp-multiply", "off"]),
+    default="mask",
+    show_default=True,
+    help="Open-world feasibility filter (needs --word-vectors); csp-multiply reproduces CSP's code.",
+)
+@click.option(
+    "--word-vectors", default=None, help="Word vectors for open-world feasibility (e.g. backbone)."
+)
+@click.option(
+    "--no-mlflow", is_flag=True, help="Do not log to MLflow (result JSONs are still written)."
+)
+def run(
+    methods: str,
+    datasets: str,
+    seeds: str,
+    backbone: str | None,
+    epochs: int | None,
+    data_root: Path | None,
+    results_dir: Path,
+    tracking_uri: str | None,
+    rerun: bool,
+    device: str | None,
+    augment: str,
+    topk: int,
+    feasibility: str,
+    word_vectors: str | None,
+    no_mlflow: bool,
+) -> None:
+    """Run methods on datasets over seeds; skip cells that are already done."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from bench.data.registry import default_data_root, expand_dataset_names
+    from bench.methods import method_names
+    from bench.runner import RunConfig, Runner
+
+    method_list = tuple(method_names()) if methods == "all" else _name_list(methods)
+    config = RunConfig(
+        methods=method_list,
+        datasets=tuple(expand_dataset_names(datasets)),
+        seeds=_int_list("--seeds", seeds),
+        backbone=backbone,
+        epochs=epochs,
+        data_root=data_root or default_data_root(),
+        results_dir=results_dir,
+        tracking_uri=tracking_uri,
+        rerun=rerun,
+        device=device,
+        augment=augment,
+        topk=topk,
+        feasibility=feasibility,
+        word_vectors=word_vectors,
+        log_mlflow=not no_mlflow,
+    )
+    console = Console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    runner = Runner(config, console=console, progress=progress)
+    try:
+        with progress:
+            outcomes = runner.run()
+    except KeyboardInterrupt:
+        command = "bench " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+        console.print(
+            f"[yellow]interrupted:[/] the current cell was abandoned; finished cells are kept under "
+            f"{results_dir}/runs. Resume with: {command}"
+        )
+        sys.exit(130)
+    _print_summary(outcomes)
+
+
+def _print_summary(outcomes) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.runner import summary_rows
+
+    rows = list(summary_rows(outcomes))
+    table = Table(title="Test results (%): closed world (cw) and open world (ow)")
+    metric_columns = ["cw/S", "cw/U", "cw/HM", "cw/AUC", "ow/S", "ow/U", "ow/HM", "ow/AUC"]
+    for column in ("method", "dataset", "seed", "status"):
+        table.add_column(column, no_wrap=True)
+    for column in metric_columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        cells = [row["method"], row["dataset"], str(row["seed"]), row["status"]]
+        cells += [f"{row[c]:.1f}" if c in row else "-" for c in metric_columns]
+        table.add_row(*cells)
+    # Wide enough for the whole table when the output is a file or a pipe.
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    warnings = {
+        (o.result or {}).get("backbone_warning")
+        for o in outcomes
+        if (o.result or {}).get("backbone_warning")
+    }
+    for warning in sorted(warnings):
+        console.print(f"[yellow]warning:[/] {warning}")
+    done = sum(o.status == "done" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    console.print(f"{done} cells run, {skipped} already done (skipped; --rerun redoes them).")
+
+
+COMMANDS = [run]
