@@ -59,7 +59,5 @@ def load_card(kind: str, name: str) -> dict[str, Any]:
     """Return the card ``name`` of ``kind`` as a dict, or raise a one-line BenchError."""
     cards = _load_all(kind)
     if name not in cards:
-        raise BenchError(
-            f"unknown {kind[:-1]} {name!r}; known: {', '.join(sorted(cards))}"
-        )
+        raise BenchError(f"unknown {kind[:-1]} {name!r}; known: {', '.join(sorted(cards))}")
     return cards[name]
