@@ -98,6 +98,10 @@ def load_backbone(
     torch_device = resolve_device(device)
     if parsed.source == "toy-clip":
         return _load_toy_clip(parsed, torch_device, cache_dir)
+    if parsed.source == "timm":  # image-only, no text side (bench.backbones.timm_backbone)
+        from bench.backbones.timm_backbone import load_timm_backbone
+
+        return load_timm_backbone(parsed, torch_device, cache_dir)  # type: ignore[return-value]
     register_configs()
     cache = str(Path(cache_dir).expanduser()) if cache_dir is not None else None
     builders = {

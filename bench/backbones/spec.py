@@ -11,7 +11,7 @@ from bench.errors import BenchError
 #: open_clip model name of the shipped tiny randomly initialised config.
 TINY_RANDOM_MODEL = "bench-tiny-random"
 
-SOURCES = ("open_clip", "hf-hub", "local-dir", "checkpoint", "tiny-random", "toy-clip")
+SOURCES = ("open_clip", "hf-hub", "local-dir", "checkpoint", "tiny-random", "toy-clip", "timm")
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _HF_PREFIX = "hf-hub:"
@@ -68,6 +68,10 @@ def parse_backbone(spec: str) -> BackboneSpec:
     if raw == "toy-clip" or raw.startswith("toy-clip:"):
         rest = raw[len("toy-clip:") :] if raw.startswith("toy-clip:") else ""
         return BackboneSpec(raw, "toy-clip", "toy-clip", rest or None)
+    if raw.startswith("timm:"):  # image-only timm model (bench.backbones.timm_backbone)
+        from bench.backbones.timm_backbone import parse_timm_spec
+
+        return parse_timm_spec(raw)
     if raw.startswith(_HF_PREFIX):
         repo = raw[len(_HF_PREFIX) :].strip()
         if not repo or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", repo):
@@ -96,5 +100,5 @@ def parse_backbone(spec: str) -> BackboneSpec:
 
 _FORMS_HELP = (
     "use MODEL:PRETRAINED (e.g. ViT-L-14:openai), MODEL:/path/to/weights.pt, "
-    "hf-hub:ORG/REPO, local-dir:PATH, tiny-random or toy-clip"
+    "hf-hub:ORG/REPO, local-dir:PATH, tiny-random, toy-clip or timm:MODEL[:/path/weights]"
 )

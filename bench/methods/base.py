@@ -198,7 +198,7 @@ def _coerce_hparam(method_name: str, key: str, value: Any, default: Any) -> Any:
 def _import_builtin_methods() -> None:
     import importlib
 
-    for module in ("clip", "coop", "csp", "visprod", "compcos", "cge"):
+    for module in ("clip", "coop", "csp", "visprod", "compcos", "cge", "leplus"):
         try:
             importlib.import_module(f"bench.methods.{module}")
         except ModuleNotFoundError as exc:
