@@ -14,6 +14,7 @@ of other hosts are left alone. Every store call goes through ``_retry_locked`` (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -213,12 +214,12 @@ class Tracker:
                 marked += 1
         return marked
 
-    def finished_config_hashes(self, dataset: str) -> set[str]:
-        """Config hashes of the FINISHED cell runs of ``dataset``."""
-        runs = self._search(
-            [self._experiment_id(dataset)],
-            "tags.`bench.role` = 'cell' and attributes.status = 'FINISHED'",
-        )
+    def finished_config_hashes(self, dataset: str, config_hash: str | None = None) -> set[str]:
+        """Config hashes of the FINISHED cell runs of ``dataset`` (only ``config_hash``'s)."""
+        query = "tags.`bench.role` = 'cell' and attributes.status = 'FINISHED'"
+        if config_hash is not None:
+            query += f" and tags.`bench.config_hash` = '{config_hash}'"
+        runs = self._search([self._experiment_id(dataset)], query)
         return {
             r.data.tags["bench.config_hash"] for r in runs if "bench.config_hash" in r.data.tags
         }
@@ -386,10 +387,31 @@ def _staging() -> Iterator[Path]:
         yield Path(folder)
 
 
+def _sqlite_path(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri[len("sqlite:///") :].split("?", 1)[0])
+
+
 def open_tracker(tracking_uri: str, artifact_root: Path | None = None) -> Tracker:
-    """Return a Tracker, or a one-line BenchError if the store cannot be opened."""
+    """Return a Tracker whose store is ready, or a one-line BenchError if it cannot be opened.
+
+    A new sqlite store is created (MLflow's schema migrations) under a lock file beside the
+    database, so that concurrent ``bench run`` processes do not race to create it.
+    """
+    from bench.locks import hold
+
+    database = _sqlite_path(tracking_uri)
     try:
-        return Tracker(tracking_uri, artifact_root)
+        lock = (
+            hold(database.with_name(database.name + ".lock"))
+            if database is not None
+            else contextlib.nullcontext()
+        )
+        with lock:
+            tracker = Tracker(tracking_uri, artifact_root)
+            _retry_locked(lambda: tracker._client.search_experiments(max_results=1))
+        return tracker
     except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
         raise BenchError(f"cannot open the MLflow store {tracking_uri!r}: {exc}") from exc
 

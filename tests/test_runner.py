@@ -229,3 +229,132 @@ def test_unwritable_results_dir(tmp_path, tiny_root):
     )
     with pytest.raises(BenchError, match="not writable"):
         Runner(config).run()
+
+
+# ------------------------------------------------------------------ locks, backfill, owners
+def _tiny_config(tiny_root: Path, results: Path, **kwargs) -> RunConfig:
+    values = {
+        "methods": ("clip",),
+        "datasets": ("synthetic-tiny",),
+        "seeds": (0, 1),
+        "backbone": "tiny-random",
+        "epochs": 0,
+        "data_root": tiny_root,
+        "results_dir": results,
+        "log_mlflow": False,
+        **kwargs,
+    }
+    return RunConfig(**values)
+
+
+def _lock_of(results: Path, seed: int):
+    from bench.locks import FileLock
+
+    (path,) = (results / "locks" / "synthetic-tiny" / "clip").glob(f"s{seed}-*.lock")
+    return FileLock(path)
+
+
+def test_cell_locked_by_another_process_is_skipped_then_picked_up(tiny_root, tmp_path):
+    from io import StringIO
+
+    from rich.console import Console
+
+    first = Runner(_tiny_config(tiny_root, tmp_path)).run()
+    assert [o.status for o in first] == ["done", "done"]
+    for path in tmp_path.glob("runs/*/clip/s1-*.json"):
+        path.unlink()
+    other = _lock_of(tmp_path, 1)  # flock: a second open file conflicts, even in one process
+    assert other.acquire()
+    try:
+        stream = StringIO()
+        outcomes = Runner(
+            _tiny_config(tiny_root, tmp_path), console=Console(file=stream, width=300)
+        ).run()
+        assert [o.status for o in outcomes] == ["skipped", "elsewhere"]
+        assert "clip|synthetic-tiny|s1 is running in another bench process" in stream.getvalue()
+        assert not list(tmp_path.glob("runs/*/clip/s1-*.json"))
+    finally:
+        other.release()
+    assert [o.status for o in Runner(_tiny_config(tiny_root, tmp_path)).run()] == [
+        "skipped",
+        "done",
+    ]
+
+
+def test_wait_elsewhere_waits_for_the_other_process(tiny_root, tmp_path):
+    import threading
+
+    Runner(_tiny_config(tiny_root, tmp_path, seeds=(0,))).run()
+    (result,) = tmp_path.glob("runs/*/clip/s0-*.json")
+    result.unlink()
+    other = _lock_of(tmp_path, 0)
+    assert other.acquire()
+    timer = threading.Timer(1.0, other.release)
+    timer.start()
+    try:
+        config = _tiny_config(tiny_root, tmp_path, seeds=(0,), wait_elsewhere=60.0)
+        assert [o.status for o in Runner(config).run()] == ["done"]
+    finally:
+        timer.cancel()
+        other.release()
+
+
+def test_owner_alive():
+    import socket
+    import subprocess
+    import sys
+
+    from bench.tracking import owner_alive, owner_tags
+
+    assert owner_alive(owner_tags("me"))
+    assert owner_alive({})  # no owner tags: cannot tell, leave the run alone
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead = {**owner_tags("x"), "bench.owner.pid": child.stdout.strip(), "bench.owner.start": ""}
+    assert not owner_alive(dead)
+    assert owner_alive({**dead, "bench.owner.host": socket.gethostname() + "-elsewhere"})
+    mine = owner_tags("x")
+    if mine["bench.owner.start"]:  # /proc available: a reused pid is told apart
+        assert not owner_alive({**mine, "bench.owner.start": "1"})
+    if mine["bench.owner.boot_id"]:  # and so is a run from before a reboot
+        assert not owner_alive({**mine, "bench.owner.boot_id": "another-boot"})
+
+
+def test_finished_cells_missing_from_mlflow_are_logged_later(finished_run, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    again = _run([*finished_run["args"], "--tracking-uri", uri])
+    assert again.exit_code == 0, again.output
+    assert "0 cells run, 3 already done" in again.output
+    assert again.output.count("to MLflow (it was missing there)") == 3
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("czsl/synthetic-tiny")
+    runs = client.search_runs([experiment.experiment_id], "tags.`bench.role` = 'cell'")
+    hashes = {
+        json.loads(f.read_text())["config_hash"] for f in _result_files(finished_run["results"])
+    }
+    assert {r.data.tags["bench.config_hash"] for r in runs} == hashes
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_load_state_with_zero_epochs_reproduces_the_trained_cell(finished_run, tmp_path):
+    (trained,) = [f for f in _result_files(finished_run["results"]) if f.parent.name == "csp"]
+    state = trained.with_suffix("") / "trainable_state.pt"
+    args = [*finished_run["args"], "--methods", "csp", "--epochs", "0", "--load-state", str(state)]
+    args[args.index("--results-dir") + 1] = str(tmp_path)
+    result = _run([*args, "--no-mlflow"])
+    assert result.exit_code == 0, result.output
+    (evaluated,) = _result_files(tmp_path)
+    mine, reference = json.loads(evaluated.read_text()), json.loads(trained.read_text())
+    assert mine["config"]["init_state"]["file"] == "trainable_state.pt"
+    assert mine["config_hash"] != reference["config_hash"]
+    for split in ("val", "test"):
+        for world in ("cw", "ow"):
+            assert mine["metrics"][split][world]["auc"] == pytest.approx(
+                reference["metrics"][split][world]["auc"], abs=1e-6
+            )

@@ -15,14 +15,47 @@ from bench.errors import BenchError
 
 
 class BenchGroup(click.Group):
-    """A click group that turns ``BenchError`` into one clear line and exit status 2."""
+    """A click group that turns user-fixable errors into one clear line and exit status 2.
+
+    ``BenchError`` prints its message; an ``OSError`` for a full disk, a read-only file
+    system or a missing permission (raised by a write that no caller annotated) prints what
+    happened and to which file, when known; a bad option value (click's usage errors) prints
+    click's message and where to find help.
+    """
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # a bare group: click shows its help
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "bench"
+            _fail(ctx, f"{error.format_message().rstrip('.')}; see '{where} --help'")
         except BenchError as error:
-            click.secho(f"error: {error}", err=True, fg="red")
-            ctx.exit(BenchError.exit_code)
+            _fail(ctx, str(error))
+        except OSError as error:
+            message = _os_error_line(error)
+            if message is None:
+                raise
+            _fail(ctx, message)
+
+
+def _fail(ctx: click.Context, message: str) -> None:
+    click.secho(f"error: {' '.join(message.split())}", err=True, fg="red")
+    ctx.exit(BenchError.exit_code)
+
+
+def _os_error_line(error: OSError) -> str | None:
+    import errno
+
+    where = f" {error.filename}" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full while writing{where}; free space and rerun"
+    if error.errno == errno.EROFS:
+        return f"cannot write{where}: read-only file system; write somewhere else"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{where or ' (file unknown)'}; fix the permissions and rerun"
+    return None
 
 
 @click.group(cls=BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})

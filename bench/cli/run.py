@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -83,6 +86,20 @@ def _name_list(text: str) -> tuple[str, ...]:
 @click.option(
     "--no-mlflow", is_flag=True, help="Do not log to MLflow (result JSONs are still written)."
 )
+@click.option(
+    "--load-state",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Initialise training methods from a saved trainable_state.pt (with --epochs 0: "
+    "evaluate it as it is).",
+)
+@click.option(
+    "--wait-elsewhere",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait for cells another bench process is running on the same results dir.",
+)
 def run(
     methods: str,
     datasets: str,
@@ -99,8 +116,14 @@ def run(
     feasibility: str,
     word_vectors: str | None,
     no_mlflow: bool,
+    load_state: Path | None,
+    wait_elsewhere: float,
 ) -> None:
-    """Run methods on datasets over seeds; skip cells that are already done."""
+    """Run methods on datasets over seeds; skip cells that are already done.
+
+    An interrupted run (Ctrl-C, SIGTERM, a kill, a crash) resumes when the same command is
+    run again: finished cells are skipped and training continues from its last checkpoint.
+    """
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -133,6 +156,8 @@ def run(
         feasibility=feasibility,
         word_vectors=word_vectors,
         log_mlflow=not no_mlflow,
+        load_state=load_state,
+        wait_elsewhere=wait_elsewhere,
     )
     console = Console(stderr=True)
     progress = Progress(
@@ -145,17 +170,40 @@ def run(
         console=console,
     )
     runner = Runner(config, console=console, progress=progress)
+    previous = _terminate_as_interrupt()
     try:
         with progress:
             outcomes = runner.run()
     except KeyboardInterrupt:
         command = "bench " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
         console.print(
-            f"[yellow]interrupted:[/] the current cell was abandoned; finished cells are kept under "
-            f"{results_dir}/runs. Resume with: {command}"
+            f"interrupted: the current cell was abandoned; finished cells are kept under "
+            f"{results_dir}/runs. Resume with: {command}",
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
         sys.exit(130)
+    finally:
+        _restore_handler(previous)
     _print_summary(outcomes)
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM (pre-emption, ``kill``) stop the run like Ctrl-C; return the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_handler(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_summary(outcomes) -> None:  # type: ignore[no-untyped-def]
@@ -187,7 +235,11 @@ def _print_summary(outcomes) -> None:  # type: ignore[no-untyped-def]
         console.print(f"[yellow]warning:[/] {warning}")
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
-    console.print(f"{done} cells run, {skipped} already done (skipped; --rerun redoes them).")
+    line = f"{done} cells run, {skipped} already done (skipped; --rerun redoes them)"
+    elsewhere = sum(o.status == "elsewhere" for o in outcomes)
+    if elsewhere:
+        line += f", {elsewhere} running in another bench process (rerun later to collect them)"
+    console.print(line + ".")
 
 
 COMMANDS = [run]

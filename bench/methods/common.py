@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from bench.checkpoints import EpochCheckpointer
 from bench.device import autocast
 from bench.errors import BenchError
 from bench.io import atomic_open
@@ -528,10 +529,15 @@ class SoftPromptMethod(ClipFamilyMethod):
     def fit(self, ctx: FitContext) -> dict[str, Any]:
         """Train the prompt tensors; keep the epoch with the best val AUC.
 
+        With ``ctx.checkpoint_dir`` set, every epoch ends with a checkpoint of the whole loop
+        (``bench.checkpoints``); a later fit with the same folder and checkpoint key resumes
+        after the last finished epoch and reaches the same result (bit-identical on the CPU).
+
         Returns:
             ``best_epoch`` (1-based, 0 if nothing trained), ``epochs_run``,
-            ``best_val_auc``, ``final_loss`` (mean cross-entropy of the last epoch) and
-            ``augment`` (the image path used: "none" = cached features, "paper").
+            ``best_val_auc``, ``final_loss`` (mean cross-entropy of the last epoch),
+            ``augment`` (the image path used: "none" = cached features, "paper") and, when
+            it resumed, ``resumed_from_epoch``.
         """
         if ctx.augment not in AUGMENT_MODES:
             raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_MODES}")
@@ -565,8 +571,22 @@ class SoftPromptMethod(ClipFamilyMethod):
         tracker = BestEpochTracker()
         n_batches = batches.num_batches()
         epoch_loss = float("nan")
+        # Resume after the last finished epoch of an interrupted fit (same key = same cell).
+        checkpointer = EpochCheckpointer(
+            ctx,
+            self,
+            optimizer,
+            {"shuffle": generator, "dropout": self._dropout_generator},
+            tracker,
+        )
+        first_epoch = 1
+        restored = checkpointer.restore()
+        if restored is not None:
+            first_epoch = restored.epoch + 1
+            epoch_loss = float(restored.extra.get("epoch_loss", float("nan")))
+            log["resumed_from_epoch"] = restored.epoch
 
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             losses: list[float] = []
             optimizer.zero_grad(set_to_none=True)
             for step, (feats, labels) in enumerate(batches.epoch(generator)):
@@ -583,9 +603,9 @@ class SoftPromptMethod(ClipFamilyMethod):
             epoch_loss = float(np.mean(losses)) if losses else float("nan")
             auc = float(ctx.validate(self))
             tracker.update(epoch, auc, self.trainable_state())
-            if ctx.checkpoint_dir is not None:
-                save_checkpoint(ctx.checkpoint_dir, epoch, self.trainable_state())
-            ctx.on_epoch_end(epoch, {"train/loss": epoch_loss, "val/cw/auc": auc})
+            metrics = {"train/loss": epoch_loss, "val/cw/auc": auc}
+            checkpointer.save(epoch, metrics, extra={"epoch_loss": epoch_loss})
+            ctx.on_epoch_end(epoch, metrics)
 
         if tracker.best_state is not None:
             self._apply_state(tracker.best_state)
