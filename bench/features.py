@@ -345,7 +345,7 @@ def _store(
             "tensor_file": tensor_path.name,
             "sha256": hashlib.sha256(data).hexdigest(),
             "bench_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
 

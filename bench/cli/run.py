@@ -100,6 +100,27 @@ def _name_list(text: str) -> tuple[str, ...]:
     show_default=True,
     help="Seconds to wait for cells another bench process is running on the same results dir.",
 )
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: run the cells one after the other in this process; ray: one Ray task per "
+    'cell, over every GPU of this machine or of a Ray cluster (pip install "czsl-bench[ray]").',
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    help="With --executor ray: the Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT) "
+    "[default: start Ray on this machine].",
+)
+@click.option(
+    "--gpus-per-job",
+    type=float,
+    default=None,
+    help="With --executor ray: GPUs per cell (a fraction shares a GPU); methods that do not "
+    "train get a quarter of it [default: 1 if the cluster has GPUs, else 0].",
+)
 def run(
     methods: str,
     datasets: str,
@@ -118,6 +139,9 @@ def run(
     no_mlflow: bool,
     load_state: Path | None,
     wait_elsewhere: float,
+    executor: str,
+    ray_address: str | None,
+    gpus_per_job: float | None,
 ) -> None:
     """Run methods on datasets over seeds; skip cells that are already done.
 
@@ -170,10 +194,17 @@ def run(
         console=console,
     )
     runner = Runner(config, console=console, progress=progress)
+    run_grid = runner.run
+    if executor == "ray":
+        from bench.executors import RayExecutor
+
+        run_grid = RayExecutor(runner, address=ray_address, gpus_per_job=gpus_per_job).run
+    elif ray_address is not None or gpus_per_job is not None:
+        raise BenchError("--ray-address and --gpus-per-job need --executor ray")
     previous = _terminate_as_interrupt()
     try:
         with progress:
-            outcomes = runner.run()
+            outcomes = run_grid()
     except KeyboardInterrupt:
         command = "bench " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
         console.print(
@@ -188,6 +219,8 @@ def run(
     finally:
         _restore_handler(previous)
     _print_summary(outcomes)
+    if any(outcome.status == "failed" for outcome in outcomes):
+        sys.exit(1)
 
 
 def _terminate_as_interrupt() -> Any:
@@ -239,7 +272,18 @@ def _print_summary(outcomes) -> None:  # type: ignore[no-untyped-def]
     elsewhere = sum(o.status == "elsewhere" for o in outcomes)
     if elsewhere:
         line += f", {elsewhere} running in another bench process (rerun later to collect them)"
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        line += f", {len(failed)} FAILED (rerun the command to retry them)"
     console.print(line + ".")
+    for outcome in failed:
+        console.print(
+            f"failed: {outcome.cell.label}: {outcome.error}",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 COMMANDS = [run]

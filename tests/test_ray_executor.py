@@ -1,0 +1,286 @@
+"""The Ray executor: same results as the local executor, features once, skips, failures.
+
+Tests that need Ray use the module-scoped ``ray_session`` fixture (a local Ray with 2 CPUs),
+which skips them when Ray is not installed; the option checks run without Ray.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+from rich.progress import Progress, TextColumn
+
+from bench.errors import BenchError
+from bench.executors import RayExecutor, task_resources
+from bench.runner import Cell, RunConfig, Runner
+
+
+def _config(tiny_root: Path, results: Path, **overrides: Any) -> RunConfig:
+    settings: dict[str, Any] = {
+        "methods": ("clip", "coop"),
+        "datasets": ("synthetic-tiny",),
+        "seeds": (0, 1),
+        "backbone": "tiny-random",
+        "epochs": 1,
+        "data_root": tiny_root,
+        "results_dir": results,
+        "log_mlflow": False,
+    }
+    settings.update(overrides)
+    return RunConfig(**settings)
+
+
+def _runner(config: RunConfig) -> Runner:
+    return Runner(config, console=Console(file=io.StringIO(), width=200))
+
+
+def _output(runner: Runner) -> str:
+    return runner.console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def _metrics(outcomes: list[Any]) -> dict[str, Any]:
+    return {o.cell.label: o.result["metrics"] for o in outcomes}
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[Any]:
+    """A local Ray instance (2 CPUs, no dashboard) shared by the module's tests."""
+    ray = pytest.importorskip("ray")
+    # Fault-injection hooks defined here travel to the workers by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=100 * 1024 * 1024,
+        logging_level=logging.WARNING,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_grid(
+    ray_session: Any, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The same 2 methods x 2 seeds grid run locally and on Ray (with MLflow)."""
+    local = _runner(_config(tiny_root, tmp_path_factory.mktemp("local")))
+    local_outcomes = local.run()
+    results = tmp_path_factory.mktemp("ray")
+    runner = _runner(_config(tiny_root, results, log_mlflow=True))
+    outcomes = RayExecutor(runner).run()
+    return {
+        "results": results,
+        "local": local_outcomes,
+        "outcomes": outcomes,
+        "output": _output(runner),
+        "config": runner.config,
+    }
+
+
+def test_ray_grid_matches_local_executor(ray_grid: dict[str, Any]) -> None:
+    outcomes = ray_grid["outcomes"]
+    assert [o.cell for o in outcomes] == [o.cell for o in ray_grid["local"]]
+    assert [o.status for o in outcomes] == ["done"] * 4
+    assert _metrics(outcomes) == _metrics(ray_grid["local"])
+    for outcome in outcomes:
+        assert outcome.path is not None and outcome.path.is_file()
+        on_disk = json.loads(outcome.path.read_text())
+        assert on_disk["metrics"] == outcome.result["metrics"]
+        # the result file has the local executor's name: same config hash
+        local = next(o for o in ray_grid["local"] if o.cell == outcome.cell)
+        assert outcome.path.name == local.path.name
+
+
+def test_features_are_extracted_once_per_grid(ray_grid: dict[str, Any]) -> None:
+    manifests = sorted((ray_grid["results"] / "cache" / "features").rglob("*.json"))
+    assert len(manifests) == 3  # train, val, test, written by the one upstream task
+    # every cell task found the features in the cache: none extracted them again
+    assert all(o.result["feature_cache_hit"] for o in ray_grid["outcomes"])
+
+
+def test_driver_logs_every_cell_to_mlflow(ray_grid: dict[str, Any]) -> None:
+    import mlflow
+
+    uri = f"sqlite:///{ray_grid['results'] / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("czsl/synthetic-tiny")
+    runs = client.search_runs([experiment.experiment_id])
+    cells = {r.info.run_name: r for r in runs if r.data.tags.get("bench.role") == "cell"}
+    parents = [r for r in runs if r.data.tags.get("bench.role") == "parent"]
+    assert set(cells) == {o.cell.label for o in ray_grid["outcomes"]}
+    assert all(r.info.status == "FINISHED" for r in cells.values())
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    coop = cells["coop|synthetic-tiny|s1"]
+    assert coop.data.params["hp.epochs"] == "1"
+    assert "test/cw/auc" in coop.data.metrics
+
+
+def test_rerun_skips_finished_cells(ray_grid: dict[str, Any]) -> None:
+    stamps = {o.path: o.path.stat().st_mtime_ns for o in ray_grid["outcomes"]}
+    runner = _runner(ray_grid["config"])
+    outcomes = RayExecutor(runner).run()
+    assert [o.status for o in outcomes] == ["skipped"] * 4
+    assert _metrics(outcomes) == _metrics(ray_grid["outcomes"])
+    assert {o.path: o.path.stat().st_mtime_ns for o in outcomes} == stamps
+
+
+def _inject_fault(cell: Cell, *, faults: Mapping[str, str], folder: str) -> None:
+    """Fail a cell as ``faults[cell.label]`` says; count its attempts in ``folder``."""
+    fault = faults.get(cell.label)
+    if fault is None:
+        return
+    counter = Path(folder) / f"{cell.method}-s{cell.seed}.attempts"
+    with open(counter, "a", encoding="utf-8") as handle:
+        handle.write("x")
+    attempt = len(counter.read_text(encoding="utf-8"))
+    if fault == "kill" or (fault == "kill-once" and attempt == 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "raise":
+        raise RuntimeError("injected failure")
+    if fault == "bench-error":
+        raise BenchError("injected user error")
+
+
+def test_failed_cells_are_retried_then_reported(
+    ray_session: Any, tiny_root: Path, tmp_path: Path
+) -> None:
+    faults = {
+        "clip|synthetic-tiny|s1": "kill-once",
+        "clip|synthetic-tiny|s2": "raise",
+        "clip|synthetic-tiny|s3": "kill",
+        "clip|synthetic-tiny|s4": "bench-error",
+    }
+    counters = tmp_path / "attempts"
+    counters.mkdir()
+    config = _config(tiny_root, tmp_path / "results", methods=("clip",), seeds=(0, 1, 2, 3, 4))
+    console = Console(file=io.StringIO(), width=200)
+    progress = Progress(TextColumn("{task.description}"), console=console)
+    runner = Runner(config, console=console, progress=progress)  # the live view too
+    hook = partial(_inject_fault, faults=faults, folder=str(counters))
+    with progress:
+        outcomes = RayExecutor(runner, max_retries=1, cell_hook=hook).run()
+
+    status = {o.cell.seed: o.status for o in outcomes}
+    assert status == {0: "done", 1: "done", 2: "failed", 3: "failed", 4: "failed"}
+    errors = {o.cell.seed: o.error or "" for o in outcomes}
+    assert "RuntimeError: injected failure" in errors[2] and "2 attempt" in errors[2]
+    assert "died" in errors[3]
+    assert errors[4] == "injected user error"
+    attempts = {p.stem: len(p.read_text()) for p in counters.iterdir()}
+    # a BenchError is the user's to fix: it is not retried
+    assert attempts == {"clip-s1": 2, "clip-s2": 2, "clip-s3": 2, "clip-s4": 1}
+    for outcome in outcomes[:2]:
+        assert outcome.path.is_file() and outcome.result["status"] == "complete"
+    assert "clip|synthetic-tiny|s2: FAILED" in _output(runner)
+
+
+def test_gpus_the_cluster_lacks_give_one_line(
+    ray_session: Any, tiny_root: Path, tmp_path: Path
+) -> None:
+    runner = _runner(_config(tiny_root, tmp_path, methods=("clip",), seeds=(0,)))
+    with pytest.raises(BenchError, match="no node of the Ray cluster has that many GPUs"):
+        RayExecutor(runner, gpus_per_job=1).run()
+
+
+def test_missing_ray_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    runner = _runner(_config(tiny_root, tmp_path))
+    with pytest.raises(BenchError, match=r'pip install "czsl-bench\[ray\]"'):
+        RayExecutor(runner)
+
+
+@pytest.mark.parametrize(
+    ("options", "device", "message"),
+    [
+        ({"gpus_per_job": -1.0}, None, "must be a number >= 0"),
+        ({"gpus_per_job": 1.5}, None, "whole number of GPUs"),
+        ({}, "cuda:1", "Ray assigns each cell its GPU"),
+    ],
+)
+def test_bad_options_give_one_line(
+    options: dict[str, Any], device: str | None, message: str, tiny_root: Path, tmp_path: Path
+) -> None:
+    runner = _runner(_config(tiny_root, tmp_path, device=device))
+    with pytest.raises(BenchError, match=message):
+        RayExecutor(runner, **options)
+
+
+def test_cheap_methods_get_a_quarter_of_the_gpus() -> None:
+    assert task_resources(True, 1.0) == {"num_cpus": 1, "num_gpus": 1.0}
+    assert task_resources(False, 1.0) == {"num_cpus": 1, "num_gpus": 0.25}
+    assert task_resources(False, 0.0)["num_gpus"] == 0.0
+
+
+def _run_has_executor_option() -> bool:
+    from bench.cli.run import run
+
+    return any(param.name == "executor" for param in run.params)
+
+
+needs_executor_option = pytest.mark.skipif(
+    not _run_has_executor_option(), reason="bench run has no --executor option yet"
+)
+
+
+def _cli_args(tiny_root: Path, results: Path) -> list[str]:
+    args = ["run", "--executor", "ray", "--methods", "clip", "--datasets", "synthetic-tiny"]
+    args += ["--seeds", "0", "--backbone", "tiny-random", "--data-root", str(tiny_root)]
+    return [*args, "--results-dir", str(results), "--no-mlflow"]
+
+
+@needs_executor_option
+def test_cli_runs_on_ray(ray_session: Any, tiny_root: Path, tmp_path: Path) -> None:
+    from bench.cli import cli
+
+    result = CliRunner().invoke(cli, _cli_args(tiny_root, tmp_path), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "cw/AUC" in result.output and "1 cells run" in result.output
+
+
+@needs_executor_option
+def test_cli_lists_failed_cells_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
+) -> None:
+    import bench.executors
+    from bench.cli import cli
+    from bench.runner import CellOutcome
+
+    class FailingExecutor:
+        def __init__(self, runner: Runner, **options: Any) -> None:
+            self.runner = runner
+
+        def run(self) -> list[CellOutcome]:
+            cell = self.runner.plan()[0]
+            return [CellOutcome(cell, "failed", error="the worker process died (boom)")]
+
+    monkeypatch.setattr(bench.executors, "RayExecutor", FailingExecutor)
+    result = CliRunner().invoke(cli, _cli_args(tiny_root, tmp_path), catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert "1 FAILED" in result.output
+    assert "failed: clip|synthetic-tiny|s0: the worker process died (boom)" in result.output
+
+
+@needs_executor_option
+def test_cli_without_ray_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
+) -> None:
+    from bench.cli import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = CliRunner().invoke(cli, _cli_args(tiny_root, tmp_path))
+    assert result.exit_code == 2
+    assert 'pip install "czsl-bench[ray]"' in result.output
