@@ -340,8 +340,8 @@ def _missing_weights(
     return BenchError(
         f"pretrained weights for --backbone {spec.raw}{origin} are not in the {where} and "
         f"cannot be downloaded here{reason}. To provide them, download on a machine with "
-        f'internet: python -c "import open_clip; {create}", copy DIR here and pass '
-        f"--cache-dir DIR (or copy a whole HF_HOME folder and set HF_HOME); or use {local}"
+        f'internet: python -c "import open_clip; {create}", copy DIR here and set '
+        f"HF_HUB_CACHE=DIR (or copy a whole HF_HOME folder and set HF_HOME); or use {local}"
     )
 
 

@@ -261,7 +261,7 @@ def test_missing_pretrained_weights_offline(offline: None, tmp_path: Path) -> No
     assert "\n" not in message and "Traceback" not in message
     assert "ViT-B-32:openai" in message and str(cache) in message
     for hint in (
-        "--cache-dir",
+        "HF_HUB_CACHE=DIR",
         "HF_HOME",
         "ViT-B-32:/path/to/weights.pt",
         "local-dir:",
