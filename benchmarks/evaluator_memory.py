@@ -33,12 +33,18 @@ def main() -> None:
     parser.add_argument("--objs", type=int, default=674)
     parser.add_argument("--seen", type=int, default=5592)
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--block", type=int, default=256)
+    parser.add_argument(
+        "--block", type=int, default=None, help="rows per block [default: as methods yield]"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("results/benchmarks/evaluator_memory.json")
     )
     args = parser.parse_args()
 
+    if args.block is None:
+        from bench.methods.base import MAX_BLOCK_ELEMENTS
+
+        args.block = max(1, MAX_BLOCK_ELEMENTS // (args.attrs * args.objs))
     rng = np.random.default_rng(0)
     generator = torch.Generator().manual_seed(0)
     pairs = np.array([(a, o) for a in range(args.attrs) for o in range(args.objs)], dtype=np.int64)
@@ -75,6 +81,7 @@ def main() -> None:
         "images": args.images,
         "candidates": len(pairs),
         "dense_matrix_gb": args.images * len(pairs) * 4 / 1e9,
+        "block_rows": args.block,
         "score_generation_s": round(generation_seconds, 2),
         "evaluator_s": round(total_s - generation_seconds, 2),
         "total_s": round(total_s, 2),

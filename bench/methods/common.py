@@ -25,7 +25,7 @@ from bench.checkpoints import EpochCheckpointer
 from bench.device import autocast
 from bench.errors import BenchError
 from bench.io import atomic_open
-from bench.methods.base import FitContext, Method, resolve_hparams
+from bench.methods.base import MAX_BLOCK_ELEMENTS, FitContext, Method, resolve_hparams
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -141,7 +141,8 @@ def score_blocks(
         image_features: (N, D) image features (any device, not necessarily normalised).
         text_features: (P, D) unit-norm float32 text features (their device is used).
         logit_scale: The fixed CLIP temperature (already exponentiated).
-        block_size: Image rows per yielded block.
+        block_size: Image rows per yielded block (fewer when a block would exceed
+            ``MAX_BLOCK_ELEMENTS`` scores).
 
     Yields:
         Arrays of shape (n_i, P), float32, in image order.
@@ -150,6 +151,7 @@ def score_blocks(
         raise ValueError(f"block_size must be positive, got {block_size}")
     device = text_features.device
     text_t = text_features.t()
+    block_size = max(1, min(block_size, MAX_BLOCK_ELEMENTS // max(text_features.shape[0], 1)))
     for start in range(0, image_features.shape[0], block_size):
         block = normalize(image_features[start : start + block_size].to(device))
         yield (logit_scale * (block @ text_t)).float().cpu().numpy()

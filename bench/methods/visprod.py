@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import FitContext, Method, register_method
+from bench.methods.base import MAX_BLOCK_ELEMENTS, FitContext, Method, register_method
 from bench.methods.common import (
     BestEpochTracker,
     as_pair_tensor,
@@ -36,8 +36,6 @@ from bench.methods.common import (
     seed_everything,
 )
 
-#: Upper bound on the elements of one yielded score block (rows are cut to fit): 128 MB.
-MAX_BLOCK_ELEMENTS = 1 << 25
 #: Candidate-pair representations cached per method instance (closed + open world).
 _CACHE_ENTRIES = 2
 _MODEL_PREFIX = "model."
