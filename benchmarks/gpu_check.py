@@ -42,7 +42,14 @@ def check_tiny_random(scratch: Path) -> dict:
     backbone = load_backbone("tiny-random", device=DEVICE)
     tokens = backbone.tokenizer(["a photo of red circle", "ancient traffic light"])
     ours = backbone.encode_text_embeddings(backbone.token_embeddings(tokens), tokens)
-    with torch.no_grad(), torch.autocast(DEVICE.split(":")[0], dtype=backbone.autocast_dtype or torch.float32, enabled=backbone.autocast_dtype is not None):
+    with (
+        torch.no_grad(),
+        torch.autocast(
+            DEVICE.split(":")[0],
+            dtype=backbone.autocast_dtype or torch.float32,
+            enabled=backbone.autocast_dtype is not None,
+        ),
+    ):
         reference = backbone.model.encode_text(tokens.to(DEVICE)).float()
     quiet = Console(file=io.StringIO())
     config = RunConfig(
@@ -149,7 +156,9 @@ def cached_vs_reencode(scratch: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/gpu_check.json"))
-    parser.add_argument("--device", default="cuda", help="cuda (the check); cpu only dry-runs the script")
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (the check); cpu only dry-runs the script"
+    )
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
