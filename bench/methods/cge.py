@@ -35,7 +35,6 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.methods.base import FitContext, register_method
-from bench.methods.common import train_pair_labels
 from bench.methods.visprod import FeatureMethod, mlp
 
 GRAPHS = ("closed", "open")
@@ -215,10 +214,7 @@ class CGE(FeatureMethod):
         return CGEModel(feature_dim, attr_vectors, obj_vectors, self.hparams)
 
     def _targets(self, ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
-        seen = np.asarray(ctx.dataset.seen_pairs_ids(), dtype=np.int64)
-        return train_pair_labels(attr_idx, obj_idx, seen, getattr(ctx.dataset, "name", "?"))[
-            :, None
-        ]
+        return self._pair_targets(ctx, attr_idx, obj_idx)
 
     def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
         model = self.model

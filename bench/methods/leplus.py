@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.methods.base import FitContext, register_method
-from bench.methods.common import train_pair_labels
 from bench.methods.visprod import FeatureMethod
 
 _COMPOSE_CHUNK = 1 << 16
@@ -86,10 +85,7 @@ class LEPlus(FeatureMethod):
         return LEPlusModel(feature_dim, attr_vectors, obj_vectors, self.hparams)
 
     def _targets(self, ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
-        seen = np.asarray(ctx.dataset.seen_pairs_ids(), dtype=np.int64)
-        return train_pair_labels(attr_idx, obj_idx, seen, getattr(ctx.dataset, "name", "?"))[
-            :, None
-        ]
+        return self._pair_targets(ctx, attr_idx, obj_idx)
 
     def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
         model = self.model

@@ -34,6 +34,7 @@ from bench.methods.common import (
     pairs_digest,
     save_checkpoint,
     seed_everything,
+    train_pair_labels,
 )
 
 #: Candidate-pair representations cached per method instance (closed + open world).
@@ -120,6 +121,13 @@ class FeatureMethod(Method):
     @abc.abstractmethod
     def _targets(self, ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
         """(N, k) int64 training targets of the train images."""
+
+    @staticmethod
+    def _pair_targets(ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
+        """(N, 1) index of each train image's pair among the training pairs."""
+        seen = np.asarray(ctx.dataset.seen_pairs_ids(), dtype=np.int64)
+        name = getattr(ctx.dataset, "name", "?")
+        return train_pair_labels(attr_idx, obj_idx, seen, name)[:, None]
 
     @abc.abstractmethod
     def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
