@@ -14,14 +14,13 @@ tensors, numbers, strings, lists and dicts, never pickled objects. Each carries 
 unreadable content is ignored with a note, and training starts from the newest good one or
 from scratch.
 
-Hooking an epoch loop in (see ``SoftPromptMethod.fit`` in ``bench.methods.common``)::
+Hooking an epoch loop in (see ``SoftPromptMethod.fit`` in ``bench.methods.common`` and
+``FeatureMethod.fit`` in ``bench.methods.visprod``)::
 
     checkpointer = EpochCheckpointer(ctx, method, optimizer,
                                      generators={"shuffle": g, "dropout": g2}, tracker=tracker)
-    start, extra = 1, {}
-    restored = checkpointer.restore()      # replays the saved epochs through ctx.on_epoch_end
-    if restored is not None:
-        start, extra = restored.epoch + 1, restored.extra
+    # restore(): state, optimiser, RNGs, best epoch; saved epochs replayed to ctx.on_epoch_end
+    start, loss = checkpointer.resume_point(log)
     for epoch in range(start, epochs + 1):
         ...train, validate, tracker.update(...)...
         metrics = {"train/loss": loss, "val/cw/auc": auc}
@@ -368,6 +367,19 @@ class EpochCheckpointer:
         note = self.store.note
         note(f"resuming from {self.store.path(checkpoint.epoch)} (epoch {checkpoint.epoch} done)")
         return checkpoint
+
+    def resume_point(self, log: dict[str, Any]) -> tuple[int, float]:
+        """``restore()`` for loops that save ``extra={"epoch_loss": ...}``.
+
+        Returns:
+            (first epoch to train, the last finished epoch's loss or NaN); a resumed fit
+            also gets ``log["resumed_from_epoch"]``.
+        """
+        restored = self.restore()
+        if restored is None:
+            return 1, float("nan")
+        log["resumed_from_epoch"] = restored.epoch
+        return restored.epoch + 1, float(restored.extra.get("epoch_loss", float("nan")))
 
     def save(
         self, epoch: int, metrics: Mapping[str, float], extra: Mapping[str, Any] | None = None

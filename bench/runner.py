@@ -630,6 +630,13 @@ class Runner:
                 "protocol": "czsl-calibration-bias",
             },
         }
+        if "word_vectors" in hparams:
+            from bench.methods.visprod import choose_word_vectors
+
+            choice = choose_word_vectors(
+                cell.method, hparams, self.config.word_vectors, ctx.dataset, ctx.backbone
+            )
+            config["word_vectors"] = {"spec": choice.spec, "source": choice.source}
         if self._init_state_info is not None and get_method_class(cell.method).trains:
             config["init_state"] = dict(self._init_state_info)
         return config

@@ -87,7 +87,9 @@ def _fit(
 @pytest.fixture(scope="module")
 def uninterrupted(prepared: Any) -> dict[str, Any]:
     out = {}
-    for name in ("csp",):  # coop shares the loop (SoftPromptMethod.fit)
+    # coop shares csp's loop (SoftPromptMethod.fit); visprod, cge and le+ share compcos's
+    # (FeatureMethod.fit), whose dropout draws from the global torch RNG.
+    for name in ("csp", "compcos"):
         method, log, history = _fit(prepared, name, None)
         out[name] = (method.trainable_state(), log, history)
     return out
@@ -105,8 +107,9 @@ def _assert_same_fit(reference: tuple, method: Any, log: dict, history: list) ->
     assert {k: v for k, v in log.items() if k != "resumed_from_epoch"} == ref_log
 
 
-def test_interrupted_fit_resumes_to_the_same_result(prepared, uninterrupted, tmp_path):
-    method_name, stop_after = "csp", 1
+@pytest.mark.parametrize("method_name", ["csp", "compcos"])
+def test_interrupted_fit_resumes_to_the_same_result(prepared, uninterrupted, tmp_path, method_name):
+    stop_after = 1
     with pytest.raises(_Stop):
         _fit(prepared, method_name, tmp_path, stop_after=stop_after)
     assert [p.name for p in sorted(tmp_path.iterdir())] == [f"epoch-{stop_after:03d}.pt"]

@@ -358,3 +358,36 @@ def test_load_state_with_zero_epochs_reproduces_the_trained_cell(finished_run, t
             assert mine["metrics"][split][world]["auc"] == pytest.approx(
                 reference["metrics"][split][world]["auc"], abs=1e-6
             )
+
+
+def test_default_word_vectors_are_part_of_the_cell_config(tiny_root, tmp_path, monkeypatch):
+    from bench import wordvectors
+    from bench.io import sha256_json
+
+    runner = Runner(
+        RunConfig(
+            methods=("compcos", "clip"),
+            datasets=("synthetic-tiny",),
+            seeds=(0,),
+            backbone="tiny-random",
+            data_root=tiny_root,
+            results_dir=tmp_path,
+            log_mlflow=False,
+        )
+    )
+    ctx = runner.prepare_dataset("synthetic-tiny")
+    cells = {cell.method: cell for cell in runner.plan()}
+    monkeypatch.setattr(wordvectors, "GLOVE50_PACKAGE", "no_such_glove_package_xyz")
+    wordvectors.clear_cache()
+    without_glove = runner.cell_config(cells["compcos"], ctx)
+    assert without_glove["word_vectors"] == {
+        "spec": "backbone",
+        "source": "card default_word_vectors",
+    }
+    monkeypatch.undo()
+    wordvectors.clear_cache()
+    if wordvectors.glove50_available():
+        with_glove = runner.cell_config(cells["compcos"], ctx)
+        assert with_glove["word_vectors"]["spec"] == "glove50"
+        assert sha256_json(with_glove) != sha256_json(without_glove)  # never the same cell
+    assert "word_vectors" not in runner.cell_config(cells["clip"], ctx)

@@ -24,7 +24,6 @@ from torch.utils.checkpoint import checkpoint
 from bench.checkpoints import EpochCheckpointer
 from bench.device import autocast
 from bench.errors import BenchError
-from bench.io import atomic_open
 from bench.methods.base import MAX_BLOCK_ELEMENTS, FitContext, Method, resolve_hparams
 
 if TYPE_CHECKING:
@@ -246,14 +245,6 @@ def clone_state(state: Mapping[str, Any]) -> dict[str, Any]:
         key: value.detach().cpu().clone() if torch.is_tensor(value) else copy.deepcopy(value)
         for key, value in state.items()
     }
-
-
-def save_checkpoint(directory: Path, epoch: int, state: Mapping[str, Any]) -> Path:
-    """Write ``state`` atomically to ``directory/epoch-XXX.pt``."""
-    path = Path(directory) / f"epoch-{epoch:03d}.pt"
-    with atomic_open(path, "wb") as handle:
-        torch.save(clone_state(state), handle)
-    return path
 
 
 # --------------------------------------------------------------------------- training data
@@ -572,7 +563,6 @@ class SoftPromptMethod(ClipFamilyMethod):
         logit_scale = float(backbone.logit_scale)
         tracker = BestEpochTracker()
         n_batches = batches.num_batches()
-        epoch_loss = float("nan")
         # Resume after the last finished epoch of an interrupted fit (same key = same cell).
         checkpointer = EpochCheckpointer(
             ctx,
@@ -581,12 +571,7 @@ class SoftPromptMethod(ClipFamilyMethod):
             {"shuffle": generator, "dropout": self._dropout_generator},
             tracker,
         )
-        first_epoch = 1
-        restored = checkpointer.restore()
-        if restored is not None:
-            first_epoch = restored.epoch + 1
-            epoch_loss = float(restored.extra.get("epoch_loss", float("nan")))
-            log["resumed_from_epoch"] = restored.epoch
+        first_epoch, epoch_loss = checkpointer.resume_point(log)
 
         for epoch in range(first_epoch, epochs + 1):
             losses: list[float] = []

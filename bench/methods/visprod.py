@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.checkpoints import EpochCheckpointer
 from bench.errors import BenchError
 from bench.methods.base import MAX_BLOCK_ELEMENTS, FitContext, Method, register_method
 from bench.methods.common import (
@@ -32,7 +33,6 @@ from bench.methods.common import (
     clone_state,
     method_hparams,
     pairs_digest,
-    save_checkpoint,
     seed_everything,
     train_pair_labels,
 )
@@ -86,6 +86,57 @@ def prepare_features(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features, dim=-1) * math.sqrt(features.shape[-1])
 
 
+@dataclass(frozen=True)
+class WordVectorChoice:
+    """Which word vectors a method uses on a dataset, and why.
+
+    Attributes:
+        spec: The provider spec (``glove50``, ``backbone-text``, ``glove:PATH``...).
+        source: ``hparam word_vectors``, ``run --word-vectors`` or ``card default_word_vectors``.
+        skipped: Card defaults tried first that did not load, each with its reason.
+    """
+
+    spec: str
+    source: str
+    skipped: tuple[str, ...] = ()
+
+
+def choose_word_vectors(
+    method_name: str,
+    hparams: Mapping[str, Any],
+    run_spec: str | None,
+    dataset: Any,
+    backbone: Any = None,
+) -> WordVectorChoice:
+    """The word vectors of a word-embedding method, first that applies: the
+    ``word_vectors`` hyperparameter (unless ``"auto"``; a comma-separated list means the
+    first of them that loads for ``dataset``); the run's ``--word-vectors``; the card's
+    ``default_word_vectors`` list, first provider that loads for ``dataset``.
+
+    The runner records the result in each cell's configuration, so a result made with
+    other vectors (e.g. without the glove50 package) never counts as the same cell.
+
+    Raises:
+        BenchError: No card default loads (every reason in one line).
+    """
+    from bench.cards import load_card
+    from bench.wordvectors import load_first_available
+
+    choice = str(hparams.get("word_vectors", "auto") or "auto").strip()
+    if choice != "auto":
+        specs = [spec.strip() for spec in choice.split(",") if spec.strip()]
+        if len(specs) == 1:
+            return WordVectorChoice(specs[0], "hparam word_vectors")
+        vectors, skipped = load_first_available(specs, dataset, backbone=backbone)
+        return WordVectorChoice(vectors.spec, "hparam word_vectors", tuple(skipped))
+    if run_spec:
+        return WordVectorChoice(str(run_spec), "run --word-vectors")
+    chain = load_card("methods", method_name).get("default_word_vectors", DEFAULT_CHAIN)
+    chain = [chain] if isinstance(chain, str) else list(chain)
+    vectors, skipped = load_first_available(chain, dataset, backbone=backbone)
+    return WordVectorChoice(vectors.spec, "card default_word_vectors", tuple(skipped))
+
+
 class FeatureMethod(Method):
     """Base of methods that train a small model on cached image features.
 
@@ -97,7 +148,8 @@ class FeatureMethod(Method):
     Training (``fit``): Adam with L2 ``weight_decay``, shuffled batches of the train split's
     cached features, after each epoch ``ctx.validate`` (closed-world val AUC) and
     ``ctx.on_epoch_end``; the epoch with the strictly best val AUC is restored at the end.
-    Everything random is seeded from ``ctx.seed``.
+    Everything random is seeded from ``ctx.seed``. Each epoch is checkpointed through
+    ``bench.checkpoints.EpochCheckpointer``, so a killed fit resumes where it stopped.
     """
 
     trains = True
@@ -147,31 +199,24 @@ class FeatureMethod(Method):
     def _word_vectors(self, ctx: FitContext) -> tuple[np.ndarray, np.ndarray]:
         """(attr (A, D), obj (O, D)) unit-norm float32 word vectors for ``ctx.dataset``.
 
-        Source, first that applies: the ``word_vectors`` hyperparameter (a spec, unless
-        ``"auto"``); the run's ``--word-vectors`` (``ctx.word_vectors``); the card's
-        ``default_word_vectors`` list, first provider that loads (``glove50``, then
-        ``backbone``). Which one was used (and why others were skipped) goes to the fit log.
+        Chosen by :func:`choose_word_vectors`; which ones (and why others were skipped)
+        goes to the fit log.
         """
-        from bench.cards import load_card
-        from bench.wordvectors import load_first_available, load_word_vectors
+        from bench.wordvectors import load_word_vectors
 
-        choice = str(self.hparams.get("word_vectors", "auto") or "auto").strip()
-        skipped: list[str] = []
-        if choice != "auto":
-            vectors = load_word_vectors(choice, ctx.dataset, backbone=ctx.backbone)
-            source = "hparam word_vectors"
-        elif ctx.word_vectors is not None:
-            vectors, source = ctx.word_vectors, "run --word-vectors"
+        run_spec = None
+        if ctx.word_vectors is not None:
+            run_spec = str(getattr(ctx.word_vectors, "spec", "the run's word vectors"))
+        choice = choose_word_vectors(self.name, self.hparams, run_spec, ctx.dataset, ctx.backbone)
+        if choice.source == "run --word-vectors" and ctx.word_vectors is not None:
+            vectors = ctx.word_vectors
         else:
-            chain = load_card("methods", self.name).get("default_word_vectors", DEFAULT_CHAIN)
-            chain = [chain] if isinstance(chain, str) else list(chain)
-            vectors, skipped = load_first_available(chain, ctx.dataset, backbone=ctx.backbone)
-            source = "card default_word_vectors"
+            vectors = load_word_vectors(choice.spec, ctx.dataset, backbone=ctx.backbone)
         attr, obj = vectors.vectors_for(ctx.dataset)
         self.fit_info["word_vectors"] = getattr(vectors, "description", str(vectors))
-        self.fit_info["word_vectors_source"] = source
-        if skipped:
-            self.fit_info["word_vectors_skipped"] = skipped
+        self.fit_info["word_vectors_source"] = choice.source
+        if choice.skipped:
+            self.fit_info["word_vectors_skipped"] = list(choice.skipped)
         return unit_rows(attr), unit_rows(obj)
 
     # ------------------------------------------------------------------ setup / state
@@ -280,9 +325,11 @@ class FeatureMethod(Method):
         )
         batch_size = int(hp["batch_size"])
         tracker = BestEpochTracker()
-        epoch_loss = float("nan")
-        kept: dict[str, Path] = {}
-        for epoch in range(1, epochs + 1):
+        # Resume after the last finished epoch of an interrupted fit (same key = same cell);
+        # dropout draws from the global torch RNG, which the checkpoint also restores.
+        checkpointer = EpochCheckpointer(ctx, self, optimizer, {"shuffle": generator}, tracker)
+        first_epoch, epoch_loss = checkpointer.resume_point(log)
+        for epoch in range(first_epoch, epochs + 1):
             self._start_epoch(epoch)
             model.train()
             losses = []
@@ -297,10 +344,10 @@ class FeatureMethod(Method):
             model.eval()
             epoch_loss = float(np.mean(losses)) if losses else float("nan")
             auc = float(ctx.validate(self))
-            is_best = tracker.update(epoch, auc, self.trainable_state())
-            if ctx.checkpoint_dir is not None:
-                kept = self._checkpoint(ctx.checkpoint_dir, epoch, is_best, kept)
-            ctx.on_epoch_end(epoch, {"train/loss": epoch_loss, "val/cw/auc": auc})
+            tracker.update(epoch, auc, self.trainable_state())
+            metrics = {"train/loss": epoch_loss, "val/cw/auc": auc}
+            checkpointer.save(epoch, metrics, extra={"epoch_loss": epoch_loss})
+            ctx.on_epoch_end(epoch, metrics)
         if tracker.best_state is not None:
             self.load_trainable_state(tracker.best_state)
         model.eval()
@@ -312,17 +359,6 @@ class FeatureMethod(Method):
             **self.fit_info,
         )
         return log
-
-    def _checkpoint(
-        self, directory: Path, epoch: int, is_best: bool, kept: dict[str, Path]
-    ) -> dict[str, Path]:
-        """Save this epoch's state; keep only the latest and the best epoch's files."""
-        path = save_checkpoint(directory, epoch, self.trainable_state())
-        new = {"latest": path, "best": path if is_best else kept.get("best", path)}
-        for old in kept.values():
-            if old not in new.values():
-                old.unlink(missing_ok=True)
-        return new
 
     # ------------------------------------------------------------------ scoring
     def score(
