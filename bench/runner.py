@@ -581,7 +581,12 @@ class Runner:
                 _sweep_temporaries(list(feature_dir.rglob(".*.tmp")))
         try:
             with writing(cache_dir or results_dir / "cache"):
-                backbone = load_backbone(spec, device=self.config.device, cache_dir=cache_dir)
+                backbone = load_backbone(
+                    spec,
+                    device=self.config.device,
+                    cache_dir=cache_dir,
+                    show_progress=self.progress if self.progress is not None else True,
+                )
             if getattr(backbone, "random_weights", False):
                 self.warn(_random_warning(backbone))
             start = time.perf_counter()

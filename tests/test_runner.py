@@ -391,3 +391,28 @@ def test_default_word_vectors_are_part_of_the_cell_config(tiny_root, tmp_path, m
         assert with_glove["word_vectors"]["spec"] == "glove50"
         assert sha256_json(with_glove) != sha256_json(without_glove)  # never the same cell
     assert "word_vectors" not in runner.cell_config(cells["clip"], ctx)
+
+
+def test_toy_clip_pretraining_bar_joins_the_runs_progress_display(tiny_root, tmp_path, monkeypatch):
+    from bench.backbones import load_backbone, toy_clip
+
+    seen: dict[str, object] = {}
+
+    def fake_load_toy_clip(spec, device=None, cache_dir=None, *, show_progress=True):
+        seen["show_progress"] = show_progress
+        return load_backbone("tiny-random", device="cpu")
+
+    monkeypatch.setattr(toy_clip, "load_toy_clip", fake_load_toy_clip)
+    progress = object()
+    config = RunConfig(
+        methods=("clip",),
+        datasets=("synthetic-tiny",),
+        backbone="toy-clip",
+        data_root=tiny_root,
+        results_dir=tmp_path,
+        log_mlflow=False,
+    )
+    Runner(config, progress=progress).prepare_dataset("synthetic-tiny")
+    assert seen["show_progress"] is progress  # one live display, not two fighting
+    Runner(config).prepare_dataset("synthetic-tiny")
+    assert seen["show_progress"] is True

@@ -80,7 +80,11 @@ def backbone_names() -> list[str]:
 
 
 def load_backbone(
-    spec: str | BackboneSpec, device: str | None = None, cache_dir: Path | None = None
+    spec: str | BackboneSpec,
+    device: str | None = None,
+    cache_dir: Path | None = None,
+    *,
+    show_progress: bool | Any = True,
 ) -> Backbone:
     """Load a frozen backbone.
 
@@ -89,6 +93,8 @@ def load_backbone(
         device: Torch device string; None picks CUDA when available, else the CPU.
         cache_dir: Where pretrained weights are cached/downloaded (open_clip's
             ``cache_dir``); None uses the Hugging Face default (``HF_HOME``).
+        show_progress: toy-clip only: a progress bar while it is pretrained, or a running
+            ``rich.progress.Progress`` to add the bar to (one live display at a time).
 
     Raises:
         BenchError: Unknown model or tag, weights missing offline, or a checkpoint that does
@@ -97,7 +103,7 @@ def load_backbone(
     parsed = spec if isinstance(spec, BackboneSpec) else parse_backbone(spec)
     torch_device = resolve_device(device)
     if parsed.source == "toy-clip":
-        return _load_toy_clip(parsed, torch_device, cache_dir)
+        return _load_toy_clip(parsed, torch_device, cache_dir, show_progress)
     if parsed.source == "timm":  # image-only, no text side (bench.backbones.timm_backbone)
         from bench.backbones.timm_backbone import load_timm_backbone
 
@@ -213,7 +219,9 @@ def _build_hf_hub(spec: BackboneSpec, cache: str | None) -> _Built:
     return _Built(model, _file_digest(weights), False, name)
 
 
-def _load_toy_clip(spec: BackboneSpec, device: torch.device, cache_dir: Path | None) -> Backbone:
+def _load_toy_clip(
+    spec: BackboneSpec, device: torch.device, cache_dir: Path | None, show_progress: bool | Any
+) -> Backbone:
     try:
         module = importlib.import_module("bench.backbones.toy_clip")
     except ModuleNotFoundError as exc:
@@ -223,7 +231,9 @@ def _load_toy_clip(spec: BackboneSpec, device: torch.device, cache_dir: Path | N
             "--backbone toy-clip is not available in this installation "
             "(bench/backbones/toy_clip.py is missing); use tiny-random or an open_clip model"
         ) from None
-    return module.load_toy_clip(spec, device=device, cache_dir=cache_dir)
+    return module.load_toy_clip(
+        spec, device=device, cache_dir=cache_dir, show_progress=show_progress
+    )
 
 
 # ------------------------------------------------------------------------------- helpers

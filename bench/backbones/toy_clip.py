@@ -612,6 +612,8 @@ def ensure_toy_clip(
     problem = "forced rebuild" if force else check_folder(folder, config)
     if problem is None:
         return folder, False
+    if console is None:  # print above a running progress display, not through it
+        console = getattr(show_progress, "console", None)
     if console is None:
         from rich.console import Console
 
