@@ -22,8 +22,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +38,7 @@ from bench import __version__
 from bench.backbones.backbone import Backbone
 from bench.backbones.spec import BackboneSpec, parse_backbone
 from bench.errors import BenchError
-from bench.io import atomic_write_json, sha256_file, sha256_json
+from bench.io import atomic_directory, atomic_write_json, sha256_file, sha256_json
 
 #: open_clip model name of the shipped config (``configs/toy-clip.json``).
 MODEL_NAME = "toy-clip"
@@ -631,31 +629,10 @@ def ensure_toy_clip(
             f"cannot create the toy-clip cache folder {folder.parent} ({exc.strerror or exc}); "
             f"pass a writable --results-dir or set {CACHE_ENV}"
         ) from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_directory(
+        folder, is_complete=lambda built: check_folder(built, config) is None, force=force
+    ) as tmp:
         _write_build(tmp, config, show_progress)
-        os.chmod(tmp, 0o755)
-        if folder.exists():
-            if not force and check_folder(folder, config) is None:
-                shutil.rmtree(tmp, ignore_errors=True)  # a concurrent twin finished first
-                return folder, True
-            trash = Path(
-                tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent)
-            )
-            os.replace(folder, trash / folder.name)
-            os.replace(tmp, folder)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, folder)
-            except OSError:
-                if check_folder(folder, config) is not None:
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-        raise
     return folder, True
 
 

@@ -18,13 +18,10 @@ gives byte-identical files.
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import functools
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -44,6 +41,7 @@ from bench.data.czsl import (
     pair_file,
 )
 from bench.errors import BenchError
+from bench.io import atomic_directory
 
 GENERATOR_VERSION = 1
 LAYOUTS: tuple[str, ...] = ("pair-folders", "flat")
@@ -619,36 +617,26 @@ def generate_synthetic(
     plan = plan_synthetic(preset, seed=seed, layout=layout)
     if out_dir.exists() and not force:
         raise BenchError(f"{out_dir} already exists; remove it or regenerate with force (--force)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    total = sum(len(v) for v in plan.images.values()) + len(plan.skipped)
     try:
-        total = sum(len(v) for v in plan.images.values()) + len(plan.skipped)
-        if progress:
-            from rich.console import Console
-            from rich.progress import Progress
+        with atomic_directory(
+            out_dir,
+            is_complete=lambda folder: (folder / SPLIT_DIR).is_dir(),
+            force=force,
+            replace_incomplete=False,
+        ) as tmp:
+            if progress:
+                from rich.console import Console
+                from rich.progress import Progress
 
-            with Progress(console=Console(stderr=True), transient=True) as bar:
-                task = bar.add_task(f"generating {plan.preset.name}", total=total)
-                write_plan(plan, tmp, image_size, on_image=lambda: bar.advance(task))
-        else:
-            write_plan(plan, tmp, image_size)
-        os.chmod(tmp, 0o755)
-        if force and out_dir.exists():
-            trash = Path(
-                tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent)
-            )
-            os.replace(out_dir, trash / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, out_dir)
-            except OSError:
-                if not (out_dir / SPLIT_DIR).is_dir():  # not a concurrent twin: a real error
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-        raise
+                with Progress(console=Console(stderr=True), transient=True) as bar:
+                    task = bar.add_task(f"generating {plan.preset.name}", total=total)
+                    write_plan(plan, tmp, image_size, on_image=lambda: bar.advance(task))
+            else:
+                write_plan(plan, tmp, image_size)
+    except FileExistsError:
+        raise BenchError(
+            f"{out_dir} appeared while the dataset was generated and is not a dataset; "
+            "remove it or regenerate with force (--force)"
+        ) from None
     return out_dir
