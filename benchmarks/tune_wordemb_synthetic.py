@@ -7,9 +7,11 @@ val AUC is kept, as in a run. The configuration with the best mean **val** AUC i
 selection; test AUC is recorded for every configuration but never used to choose. Zero-shot
 ``clip`` is scored on the same features for reference.
 
-Grids (on top of the card's values): word vectors glove50 / backbone-text (the methods that
-use word vectors), lr 3e-4 / 1e-3, dropout 0.1 / 0.5 (CGE: its graph dropout), and for
-visprod the hidden width 256 / 1024.
+Grids (on top of the card's values; ``GRIDS`` below): epochs 20 / 50 (the best val epoch is
+kept either way), lr 3e-4 / 1e-3, word vectors glove50 / backbone-text for the methods that
+use them, and per method: visprod dropout and hidden width, compcos dropout, cge graph
+dropout and image side (identity / a linear layer), le+ embedding size and triplet margin.
+About 20 minutes on 2 CPU cores.
 
 Usage: python benchmarks/tune_wordemb_synthetic.py [--methods visprod,compcos,cge,le+]
     [--results-dir results] [--data-root data] [--out results/benchmarks/tune_wordemb_synthetic.json]
@@ -33,11 +35,34 @@ from bench.runner import CellEvaluation, RunConfig, Runner
 
 SEEDS = (0, 1, 2)
 WORD_VECTORS = ("glove50", "backbone-text")
+EPOCHS = (20, 50)
 GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
-    "visprod": {"lr": (3e-4, 1e-3), "dropout": (0.1, 0.5), "hidden_dim": (256, 1024)},
-    "compcos": {"word_vectors": WORD_VECTORS, "lr": (3e-4, 1e-3), "dropout": (0.1, 0.5)},
-    "cge": {"word_vectors": WORD_VECTORS, "lr": (3e-4, 1e-3), "gcn_dropout": (0.1, 0.5)},
-    "le+": {"word_vectors": WORD_VECTORS, "lr": (3e-4, 1e-3), "emb_dim": (128, 300)},
+    "visprod": {
+        "lr": (3e-4, 1e-3),
+        "dropout": (0.1, 0.5),
+        "hidden_dim": (256, 1024),
+        "epochs": EPOCHS,
+    },
+    "compcos": {
+        "word_vectors": WORD_VECTORS,
+        "lr": (3e-4, 1e-3),
+        "dropout": (0.1, 0.5),
+        "epochs": EPOCHS,
+    },
+    "cge": {
+        "word_vectors": WORD_VECTORS,
+        "lr": (3e-4, 1e-3),
+        "gcn_dropout": (0.1, 0.5),
+        "image_layers": (0, 1),
+        "epochs": EPOCHS,
+    },
+    "le+": {
+        "word_vectors": WORD_VECTORS,
+        "lr": (3e-4, 1e-3),
+        "emb_dim": (128, 300),
+        "margin": (0.5, 1.0),
+        "epochs": EPOCHS,
+    },
 }
 
 

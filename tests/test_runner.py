@@ -360,23 +360,32 @@ def test_load_state_with_zero_epochs_reproduces_the_trained_cell(finished_run, t
             )
 
 
-def test_default_word_vectors_are_part_of_the_cell_config(tiny_root, tmp_path, monkeypatch):
-    from bench import wordvectors
-    from bench.io import sha256_json
-
+def _word_vector_runner(tiny_root, tmp_path, methods, word_vectors):
+    """A runner over synthetic-tiny (tiny-random) with the word_vectors hparam overridden."""
     runner = Runner(
         RunConfig(
-            methods=("compcos", "clip"),
+            methods=methods,
             datasets=("synthetic-tiny",),
             seeds=(0,),
             backbone="tiny-random",
             data_root=tiny_root,
             results_dir=tmp_path,
             log_mlflow=False,
+            hparam_overrides={"word_vectors": word_vectors},
         )
     )
-    ctx = runner.prepare_dataset("synthetic-tiny")
+    return runner, runner.prepare_dataset("synthetic-tiny")
+
+
+def test_default_word_vectors_are_part_of_the_cell_config(tiny_root, tmp_path, monkeypatch):
+    from bench import wordvectors
+    from bench.io import sha256_json
+
+    # "auto": not the synthetic table's choice, the card's default chain
+    runner, ctx = _word_vector_runner(tiny_root, tmp_path, ("compcos", "clip"), "auto")
     cells = {cell.method: cell for cell in runner.plan()}
+    chosen = runner.cell_config(cells["compcos"], ctx)["word_vectors"]
+    assert chosen["source"] == "card default_word_vectors"
     monkeypatch.setattr(wordvectors, "GLOVE50_PACKAGE", "no_such_glove_package_xyz")
     wordvectors.clear_cache()
     without_glove = runner.cell_config(cells["compcos"], ctx)
@@ -416,3 +425,18 @@ def test_toy_clip_pretraining_bar_joins_the_runs_progress_display(tiny_root, tmp
     assert seen["show_progress"] is progress  # one live display, not two fighting
     Runner(config).prepare_dataset("synthetic-tiny")
     assert seen["show_progress"] is True
+
+
+def test_word_vectors_hparam_list_takes_the_first_that_loads(tiny_root, tmp_path):
+    def chosen(spec: str) -> dict:
+        runner, ctx = _word_vector_runner(tiny_root, tmp_path, ("compcos",), spec)
+        return runner.cell_config(runner.plan()[0], ctx)["word_vectors"]
+
+    missing = tmp_path / "absent.txt"
+    assert chosen(f"glove:{missing},backbone-text") == {
+        "spec": "backbone-text",
+        "source": "hparam word_vectors",
+    }
+    assert chosen("backbone") == {"spec": "backbone", "source": "hparam word_vectors"}
+    with pytest.raises(BenchError, match="no word vectors for dataset synthetic-tiny"):
+        chosen(f"glove:{missing},glove:{missing}.2")

@@ -134,6 +134,9 @@ def make_ctx(hparams: dict[str, Any], history: list | None = None, **kwargs: Any
 
 
 def make_method(name: str, **overrides: Any) -> tuple[Any, dict[str, Any]]:
+    if "word_vectors" in resolve_hparams(name, "synthetic"):
+        # the toy problem's vectors come as the run's (ctx.word_vectors), not the card's
+        overrides.setdefault("word_vectors", "auto")
     hparams = resolve_hparams(name, "synthetic", {**FAST, **overrides})
     return get_method_class(name)(hparams), hparams
 
