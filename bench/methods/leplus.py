@@ -87,6 +87,9 @@ class LEPlus(FeatureMethod):
     def _targets(self, ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
         return self._pair_targets(ctx, attr_idx, obj_idx)
 
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"negatives": self._generator} if self._generator is not None else {}
+
     def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
         model = self.model
         assert isinstance(model, LEPlusModel) and self._train_pairs is not None

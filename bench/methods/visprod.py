@@ -196,6 +196,12 @@ class FeatureMethod(Method):
     def _start_epoch(self, epoch: int) -> None:
         """Called before each training epoch (e.g. to ramp a margin)."""
 
+    def _generators(self) -> dict[str, torch.Generator]:
+        """Named generators the loss draws from (e.g. negative sampling), built in
+        ``_build``; checkpoints save and restore them so a resumed fit is identical.
+        """
+        return {}
+
     def _word_vectors(self, ctx: FitContext) -> tuple[np.ndarray, np.ndarray]:
         """(attr (A, D), obj (O, D)) unit-norm float32 word vectors for ``ctx.dataset``.
 
@@ -327,7 +333,8 @@ class FeatureMethod(Method):
         tracker = BestEpochTracker()
         # Resume after the last finished epoch of an interrupted fit (same key = same cell);
         # dropout draws from the global torch RNG, which the checkpoint also restores.
-        checkpointer = EpochCheckpointer(ctx, self, optimizer, {"shuffle": generator}, tracker)
+        generators = {"shuffle": generator, **self._generators()}
+        checkpointer = EpochCheckpointer(ctx, self, optimizer, generators, tracker)
         first_epoch, epoch_loss = checkpointer.resume_point(log)
         for epoch in range(first_epoch, epochs + 1):
             self._start_epoch(epoch)
