@@ -10,8 +10,10 @@ selection; test AUC is recorded for every configuration but never used to choose
 Grids (on top of the card's values; ``GRIDS`` below): epochs 20 / 50 (the best val epoch is
 kept either way), lr 3e-4 / 1e-3, word vectors glove50 / backbone-text for the methods that
 use them, and per method: visprod dropout and hidden width, compcos dropout, cge graph
-dropout and image side (identity / a linear layer), le+ embedding size and triplet margin.
-About 20 minutes on 2 CPU cores.
+dropout and image side (identity / a linear layer), le+ embedding size and triplet margin,
+aop the auxiliary loss weight (lr 1e-3 / 1e-2 for aop). About 20 minutes on 2 CPU cores
+without aop, 15 more with it. With ``--methods``, only those methods are redone and the
+others' entries already in ``--out`` are kept.
 
 Usage: python benchmarks/tune_wordemb_synthetic.py [--methods visprod,compcos,cge,le+]
     [--results-dir results] [--data-root data] [--out results/benchmarks/tune_wordemb_synthetic.json]
@@ -61,6 +63,12 @@ GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
         "lr": (3e-4, 1e-3),
         "emb_dim": (128, 300),
         "margin": (0.5, 1.0),
+        "epochs": EPOCHS,
+    },
+    "aop": {
+        "word_vectors": WORD_VECTORS,
+        "lr": (1e-3, 1e-2),
+        "lambda_aux": (1.0, 1000.0),
         "epochs": EPOCHS,
     },
 }
@@ -126,6 +134,8 @@ def main() -> None:
         "machine": platform.machine(),
         "methods": {},
     }
+    if args.out.is_file():  # keep the methods not redone this time
+        report["methods"] = json.loads(args.out.read_text()).get("methods", {})
     for method in methods:
         grid = GRIDS[method]
         rows = []

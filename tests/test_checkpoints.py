@@ -89,8 +89,8 @@ def uninterrupted(prepared: Any) -> dict[str, Any]:
     out = {}
     # coop shares csp's loop (SoftPromptMethod.fit); visprod and cge share compcos's
     # (FeatureMethod.fit), whose dropout draws from the global torch RNG; le+ also draws
-    # negatives from its own generator.
-    for name in ("csp", "compcos", "le+"):
+    # negatives (aop: negatives and other attributes) from its own generator.
+    for name in ("csp", "compcos", "le+", "aop"):
         method, log, history = _fit(prepared, name, None)
         out[name] = (method.trainable_state(), log, history)
     return out
@@ -108,7 +108,7 @@ def _assert_same_fit(reference: tuple, method: Any, log: dict, history: list) ->
     assert {k: v for k, v in log.items() if k != "resumed_from_epoch"} == ref_log
 
 
-@pytest.mark.parametrize("method_name", ["csp", "compcos", "le+"])
+@pytest.mark.parametrize("method_name", ["csp", "compcos", "le+", "aop"])
 def test_interrupted_fit_resumes_to_the_same_result(prepared, uninterrupted, tmp_path, method_name):
     stop_after = 1
     with pytest.raises(_Stop):

@@ -202,7 +202,7 @@ def _coerce_hparam(method_name: str, key: str, value: Any, default: Any) -> Any:
 def _import_builtin_methods() -> None:
     import importlib
 
-    for module in ("clip", "coop", "csp", "visprod", "compcos", "cge", "leplus"):
+    for module in ("clip", "coop", "csp", "visprod", "compcos", "cge", "leplus", "aop"):
         try:
             importlib.import_module(f"bench.methods.{module}")
         except ModuleNotFoundError as exc:

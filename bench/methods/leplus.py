@@ -62,8 +62,33 @@ class LEPlusModel(nn.Module):
         return self.compose_net(inputs)
 
 
+class EmbeddingDistanceMethod(FeatureMethod):
+    """Base of LE+ and AoP: a pair's score is minus the squared Euclidean distance between
+    ``model.image_embedder(x)`` and ``model.compose(pair)``.
+    """
+
+    def _pair_side(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        assert model is not None
+        parts = [model.compose(part) for part in pairs.split(_COMPOSE_CHUNK)]
+        embeddings = torch.cat(parts) if parts else model.compose(pairs)
+        return embeddings.t().contiguous(), (embeddings**2).sum(dim=1)
+
+    def _block_scores(
+        self, features: torch.Tensor, pair_side: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        model = self.model
+        assert model is not None
+        pair_t, pair_sq = pair_side
+        images = model.image_embedder(features)
+        # -||x - p||^2 = 2 x.p - ||p||^2 - ||x||^2
+        scores = images @ pair_t
+        scores.mul_(2.0).sub_(pair_sq[None, :]).sub_((images**2).sum(dim=1, keepdim=True))
+        return scores
+
+
 @register_method("le+")
-class LEPlus(FeatureMethod):
+class LEPlus(EmbeddingDistanceMethod):
     """Triplet-trained joint embedding of images and composed word vectors.
 
     Hyperparameters (methods/leplus.toml): ``epochs``, ``lr``, ``weight_decay``,
@@ -106,23 +131,3 @@ class LEPlus(FeatureMethod):
         return F.triplet_margin_loss(
             anchor, positive, negative, margin=float(self.hparams["margin"])
         )
-
-    def _pair_side(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.model
-        assert isinstance(model, LEPlusModel)
-        parts = [model.compose(part) for part in pairs.split(_COMPOSE_CHUNK)]
-        emb_dim = int(self.hparams["emb_dim"])
-        embeddings = torch.cat(parts) if parts else torch.zeros(0, emb_dim, device=self.device)
-        return embeddings.t().contiguous(), (embeddings**2).sum(dim=1)
-
-    def _block_scores(
-        self, features: torch.Tensor, pair_side: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        model = self.model
-        assert isinstance(model, LEPlusModel)
-        pair_t, pair_sq = pair_side
-        images = model.image_embedder(features)
-        # -||x - p||^2 = 2 x.p - ||p||^2 - ||x||^2
-        scores = images @ pair_t
-        scores.mul_(2.0).sub_(pair_sq[None, :]).sub_((images**2).sum(dim=1, keepdim=True))
-        return scores

@@ -28,13 +28,15 @@ from bench.methods.base import resolve_hparams
 # registers "le+" (until bench.methods.base imports it with the built-in methods)
 importlib.import_module("bench.methods.leplus")
 
-METHODS = ("visprod", "compcos", "cge", "le+")
+METHODS = ("visprod", "compcos", "cge", "le+", "aop")
 #: 8 attrs x 7 objs, 24 train pairs, unseen val/test pairs (names are real words).
 PRESET = SyntheticPreset(
     "toy-wordemb", 8, 7, 24, 4, 4, 4, 6, train_images=24 * 10, val_images=8 * 6,
     test_images=10 * 6, image_size=8,
 )  # fmt: skip
 FAST = {"epochs": 6}
+#: AoP's identity-initialised operators need more steps on the toy problem.
+FAST_EPOCHS = {"aop": 60}
 
 
 class FixedVectors:
@@ -137,7 +139,8 @@ def make_method(name: str, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     if "word_vectors" in resolve_hparams(name, "synthetic"):
         # the toy problem's vectors come as the run's (ctx.word_vectors), not the card's
         overrides.setdefault("word_vectors", "auto")
-    hparams = resolve_hparams(name, "synthetic", {**FAST, **overrides})
+    fast = {"epochs": FAST_EPOCHS.get(name, FAST["epochs"])}
+    hparams = resolve_hparams(name, "synthetic", {**fast, **overrides})
     return get_method_class(name)(hparams), hparams
 
 
@@ -173,7 +176,7 @@ def test_registered_with_cards() -> None:
             assert card[key] is not None, (name, key)
         for table in ("default", "mit-states", "ut-zappos", "cgqa", "synthetic"):
             assert table in card["hparams"], (name, table)
-    for name in ("compcos", "cge", "le+"):
+    for name in ("compcos", "cge", "le+", "aop"):
         assert load_card("methods", name)["default_word_vectors"] == ["glove50", "backbone"]
 
 
@@ -188,6 +191,11 @@ def test_czsl_hyperparameters() -> None:
     assert resolve_hparams("cge", "cgqa")["batch_size"] == 256
     assert resolve_hparams("cge", "ut-zappos")["image_layers"] == 1
     assert resolve_hparams("visprod", "synthetic-cgqa") == resolve_hparams("visprod", "synthetic")
+    # the AoP authors' commands
+    mit, zappos = resolve_hparams("aop", "mit-states"), resolve_hparams("aop", "ut-zappos")
+    assert (mit["epochs"], mit["batch_size"], mit["lr"], mit["margin"]) == (800, 512, 1e-4, 0.5)
+    assert (mit["lambda_aux"], mit["lambda_inv"], mit["lambda_comm"]) == (1000.0, 1.0, 1.0)
+    assert (zappos["epochs"], zappos["lambda_aux"], zappos["lambda_inv"]) == (1000, 1.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- learning
@@ -204,13 +212,14 @@ def test_learns_on_informative_features(name: str) -> None:
     assert result["auc"] > random_auc + 0.25, (result["auc"], random_auc)
     assert result["best_unseen"] > 0.3
     # one on_epoch_end per epoch with the loss and the val AUC; the best epoch is restored
-    assert [e for e, _ in history] == list(range(1, FAST["epochs"] + 1))
+    epochs = FAST_EPOCHS.get(name, FAST["epochs"])
+    assert [e for e, _ in history] == list(range(1, epochs + 1))
     aucs = [m["val/cw/auc"] for _, m in history]
     assert all(set(m) >= {"train/loss", "val/cw/auc"} for _, m in history)
     assert log["best_epoch"] == int(np.argmax(aucs)) + 1
     assert log["best_val_auc"] == pytest.approx(max(aucs))
     assert closed_world(method, "val")["auc"] == pytest.approx(max(aucs))
-    assert log["epochs_run"] == FAST["epochs"] and np.isfinite(log["final_loss"])
+    assert log["epochs_run"] == epochs and np.isfinite(log["final_loss"])
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -364,3 +373,48 @@ def test_default_word_vectors_glove50_and_hparam_choice() -> None:
     method, hparams = make_method("compcos", epochs=1, word_vectors="backbone")
     log = method.fit(make_ctx(hparams, backbone=load_backbone("tiny-random", device="cpu")))
     assert log["word_vectors_source"] == "hparam word_vectors"
+
+
+def test_aop_operators_start_as_identity_and_compose_per_attribute() -> None:
+    method, hparams = make_method("aop", epochs=0)
+    method.fit(make_ctx(hparams))
+    model = method.model
+    pairs = torch.as_tensor(toy_dataset().candidate_pairs("open"))
+    with torch.no_grad():
+        composed = model.compose(pairs)
+        objects = model.obj_embedder(pairs[:, 1])
+        # untrained operators are identities: every attribute leaves the object as it is
+        torch.testing.assert_close(composed, torch.relu(objects))
+        model.attr_ops.add_(0.1 * torch.randn_like(model.attr_ops))
+        composed = model.compose(pairs)
+        one_by_one = torch.stack(
+            [
+                torch.relu(model.attr_ops[a] @ model.obj_embedder.weight[o])
+                for a, o in pairs.tolist()
+            ]
+        )
+    torch.testing.assert_close(composed, one_by_one)
+
+
+def test_aop_other_attributes_come_from_the_objects_training_pairs() -> None:
+    method, hparams = make_method("aop", epochs=0)
+    method.fit(make_ctx(hparams))
+    seen = [tuple(p) for p in np.asarray(toy_dataset().seen_pairs_ids()).tolist()]
+    train_attrs: dict[int, set[int]] = {}
+    for a, o in seen:
+        train_attrs.setdefault(o, set()).add(a)
+    pairs = torch.as_tensor(seen * 20)
+    other = method._other_attribute(pairs[:, 1], pairs[:, 0])
+    for (a, o), b in zip(pairs.tolist(), other.tolist(), strict=True):
+        assert b != a
+        if len(train_attrs[o]) > 1:
+            assert b in train_attrs[o], (a, o, b)
+    # every other training attribute of an object gets drawn
+    many = [o for o, attrs in train_attrs.items() if len(attrs) > 2][0]
+    rows = [(a, o) for a, o in seen if o == many] * 50
+    rows_t = torch.as_tensor(rows)
+    drawn = method._other_attribute(rows_t[:, 1], rows_t[:, 0]).tolist()
+    for a in train_attrs[many]:
+        assert {b for (x, _), b in zip(rows, drawn, strict=True) if x == a} == train_attrs[many] - {
+            a
+        }
