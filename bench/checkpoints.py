@@ -22,10 +22,9 @@ Hooking an epoch loop in (see ``SoftPromptMethod.fit`` in ``bench.methods.common
     # restore(): state, optimiser, RNGs, best epoch; saved epochs replayed to ctx.on_epoch_end
     start, loss = checkpointer.resume_point(log)
     for epoch in range(start, epochs + 1):
-        ...train, validate, tracker.update(...)...
-        metrics = {"train/loss": loss, "val/cw/auc": auc}
-        checkpointer.save(epoch, metrics, extra={"epoch_loss": loss})
-        ctx.on_epoch_end(epoch, metrics)
+        ...train, collecting the batch losses...
+        loss = checkpointer.end_epoch(epoch, losses)   # validate, track, save, report
+    log.update(checkpointer.fit_summary(epochs, loss))
 
 The method must implement ``trainable_state()``/``load_trainable_state()`` (tensors, plus
 lists/strings/numbers) and create every generator and the optimiser before ``restore``.
@@ -380,6 +379,34 @@ class EpochCheckpointer:
             return 1, float("nan")
         log["resumed_from_epoch"] = restored.epoch
         return restored.epoch + 1, float(restored.extra.get("epoch_loss", float("nan")))
+
+    def end_epoch(self, epoch: int, losses: Sequence[float]) -> float:
+        """Close a finished epoch: validate (``ctx.validate``), let the tracker keep the best
+        state, write the checkpoint, then report ``train/loss`` and ``val/cw/auc`` through
+        ``ctx.on_epoch_end``.
+
+        Returns:
+            The epoch's mean training loss (NaN without batches).
+        """
+        epoch_loss = float(np.mean(losses)) if len(losses) else float("nan")
+        auc = float(self.ctx.validate(self.method))
+        if self.tracker is not None:
+            self.tracker.update(epoch, auc, self.method.trainable_state())
+        metrics = {"train/loss": epoch_loss, "val/cw/auc": auc}
+        self.save(epoch, metrics, extra={"epoch_loss": epoch_loss})
+        self.ctx.on_epoch_end(epoch, metrics)
+        return epoch_loss
+
+    def fit_summary(self, epochs: int, final_loss: float) -> dict[str, Any]:
+        """``best_epoch`` (``epochs`` if none was better), ``epochs_run``, ``best_val_auc``
+        and ``final_loss`` for a fit's log."""
+        best_epoch = getattr(self.tracker, "best_epoch", None)
+        return {
+            "best_epoch": best_epoch if best_epoch is not None else epochs,
+            "epochs_run": epochs,
+            "best_val_auc": getattr(self.tracker, "best_auc", None),
+            "final_loss": final_loss,
+        }
 
     def save(
         self, epoch: int, metrics: Mapping[str, float], extra: Mapping[str, Any] | None = None

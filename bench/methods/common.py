@@ -587,20 +587,10 @@ class SoftPromptMethod(ClipFamilyMethod):
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     self._invalidate()
-            epoch_loss = float(np.mean(losses)) if losses else float("nan")
-            auc = float(ctx.validate(self))
-            tracker.update(epoch, auc, self.trainable_state())
-            metrics = {"train/loss": epoch_loss, "val/cw/auc": auc}
-            checkpointer.save(epoch, metrics, extra={"epoch_loss": epoch_loss})
-            ctx.on_epoch_end(epoch, metrics)
+            epoch_loss = checkpointer.end_epoch(epoch, losses)
 
         if tracker.best_state is not None:
             self._apply_state(tracker.best_state)
             self._invalidate()
-        log.update(
-            best_epoch=tracker.best_epoch if tracker.best_epoch is not None else epochs,
-            epochs_run=epochs,
-            best_val_auc=tracker.best_auc,
-            final_loss=epoch_loss,
-        )
+        log.update(checkpointer.fit_summary(epochs, epoch_loss))
         return log

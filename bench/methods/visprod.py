@@ -349,22 +349,11 @@ class FeatureMethod(Method):
                 losses.append(float(loss.detach()))
             self._invalidate()
             model.eval()
-            epoch_loss = float(np.mean(losses)) if losses else float("nan")
-            auc = float(ctx.validate(self))
-            tracker.update(epoch, auc, self.trainable_state())
-            metrics = {"train/loss": epoch_loss, "val/cw/auc": auc}
-            checkpointer.save(epoch, metrics, extra={"epoch_loss": epoch_loss})
-            ctx.on_epoch_end(epoch, metrics)
+            epoch_loss = checkpointer.end_epoch(epoch, losses)
         if tracker.best_state is not None:
             self.load_trainable_state(tracker.best_state)
         model.eval()
-        log.update(
-            best_epoch=tracker.best_epoch if tracker.best_epoch is not None else epochs,
-            epochs_run=epochs,
-            best_val_auc=tracker.best_auc,
-            final_loss=epoch_loss,
-            **self.fit_info,
-        )
+        log.update(checkpointer.fit_summary(epochs, epoch_loss), **self.fit_info)
         return log
 
     # ------------------------------------------------------------------ scoring
