@@ -26,13 +26,12 @@ import platform
 import resource
 import time
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.data.czsl import CZSLDataset, Sample
+from bench.data.czsl import CZSLDataset
 from bench.data.synthetic import plan_synthetic
 from bench.evaluation import evaluate_scores
 from bench.features import FeatureSet
@@ -60,27 +59,7 @@ class ConstructedVectors:
 
 def cgqa_sized_dataset(seed: int) -> CZSLDataset:
     """The synthetic-cgqa plan as an in-memory dataset (no images are rendered)."""
-    plan = plan_synthetic("synthetic-cgqa", seed=seed)
-    splits = {
-        split: tuple(
-            Sample(image=f"{split}/{i}.png", attr=a, obj=o)
-            for i, (a, o) in enumerate(plan.images[split])
-        )
-        for split in ("train", "val", "test")
-    }
-    union = sorted(set(plan.train_pairs) | set(plan.val_pairs) | set(plan.test_pairs))
-    return CZSLDataset(
-        name="synthetic-cgqa",
-        root=Path("/nonexistent"),
-        attrs=plan.attrs,
-        objs=plan.objs,
-        pairs=tuple(union),
-        train_pairs=plan.train_pairs,
-        val_pairs=plan.val_pairs,
-        test_pairs=plan.test_pairs,
-        splits=MappingProxyType(splits),
-        fingerprint=f"synthetic-cgqa-plan-{seed}",
-    )
+    return plan_synthetic("synthetic-cgqa", seed=seed).as_dataset()
 
 
 def constructed_problem(

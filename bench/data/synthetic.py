@@ -36,7 +36,9 @@ from bench.data.czsl import (
     IMAGES_DIR,
     SPLIT_DIR,
     SPLITS,
+    CZSLDataset,
     Pair,
+    Sample,
     metadata_file,
     pair_file,
 )
@@ -190,6 +192,36 @@ class SyntheticPlan:
     def split_pairs(self, split: str) -> tuple[Pair, ...]:
         """The pair file of ``split``, in file order."""
         return {"train": self.train_pairs, "val": self.val_pairs, "test": self.test_pairs}[split]
+
+    def as_dataset(self, name: str | None = None, fingerprint: str | None = None) -> CZSLDataset:
+        """The plan as an in-memory dataset, without rendering images (image paths are
+        ``<split>/<index>.png`` under a root that does not exist).
+
+        Args:
+            name: Dataset name (default: the preset's).
+            fingerprint: Dataset fingerprint (default: ``<name>-plan-<seed>``).
+        """
+        name = name or self.preset.name
+        splits = {
+            split: tuple(
+                Sample(image=f"{split}/{i}.png", attr=a, obj=o)
+                for i, (a, o) in enumerate(self.images[split])
+            )
+            for split in SPLITS
+        }
+        union = sorted(set(self.train_pairs) | set(self.val_pairs) | set(self.test_pairs))
+        return CZSLDataset(
+            name=name,
+            root=Path("/nonexistent"),
+            attrs=self.attrs,
+            objs=self.objs,
+            pairs=tuple(union),
+            train_pairs=self.train_pairs,
+            val_pairs=self.val_pairs,
+            test_pairs=self.test_pairs,
+            splits=MappingProxyType(splits),
+            fingerprint=fingerprint or f"{name}-plan-{self.seed}",
+        )
 
     def counts(self) -> dict[str, object]:
         """The counts the loaded dataset will have, in ``bench.data.czsl.describe``'s shape."""

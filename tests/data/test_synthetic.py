@@ -147,6 +147,14 @@ def test_default_preset_size() -> None:
     assert plan_synthetic("synthetic").attrs == tuple(sorted(SYNTHETIC_ATTRS))
 
 
+def test_plan_as_in_memory_dataset_has_the_plans_counts() -> None:
+    plan = plan_synthetic("synthetic", seed=3)
+    dataset = plan.as_dataset()
+    assert describe(dataset) == plan.counts()
+    assert (dataset.name, dataset.fingerprint) == ("synthetic", "synthetic-plan-3")
+    assert dataset.labels("val")[0].tolist() == [plan.attrs.index(a) for a, _ in plan.images["val"]]
+
+
 def test_plan_is_deterministic_in_the_seed() -> None:
     assert plan_synthetic("synthetic", seed=1) == plan_synthetic("synthetic", seed=1)
     assert (

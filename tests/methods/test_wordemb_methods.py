@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import functools
 import importlib
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from bench.data.czsl import CZSLDataset, Sample
+from bench.data.czsl import CZSLDataset
 from bench.data.synthetic import SyntheticPreset, plan_synthetic
 from bench.errors import BenchError
 from bench.evaluation import evaluate_scores
@@ -52,27 +50,7 @@ class FixedVectors:
 
 @functools.cache
 def toy_dataset() -> CZSLDataset:
-    plan = plan_synthetic(PRESET, seed=0)
-    splits = {
-        split: tuple(
-            Sample(image=f"{split}/{i}.png", attr=a, obj=o)
-            for i, (a, o) in enumerate(plan.images[split])
-        )
-        for split in ("train", "val", "test")
-    }
-    union = sorted(set(plan.train_pairs) | set(plan.val_pairs) | set(plan.test_pairs))
-    return CZSLDataset(
-        name="toy-wordemb",
-        root=Path("/nonexistent"),
-        attrs=plan.attrs,
-        objs=plan.objs,
-        pairs=tuple(union),
-        train_pairs=plan.train_pairs,
-        val_pairs=plan.val_pairs,
-        test_pairs=plan.test_pairs,
-        splits=MappingProxyType(splits),
-        fingerprint="toy-wordemb",
-    )
+    return plan_synthetic(PRESET, seed=0).as_dataset(fingerprint="toy-wordemb")
 
 
 @functools.cache
