@@ -38,7 +38,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -583,6 +583,17 @@ def _write_member(source: IO[bytes] | None, target: Path, is_dir: bool) -> None:
             shutil.copyfileobj(source, out, 1 << 20)
 
 
+@contextlib.contextmanager
+def _tar_member(tf: tarfile.TarFile, ref: tarfile.TarInfo) -> Iterator[IO[bytes] | None]:
+    """A tar member's content (None for members without data), closed afterwards."""
+    source = tf.extractfile(ref)
+    try:
+        yield source
+    finally:
+        if source is not None:
+            source.close()
+
+
 def _extract_all(archive: Path, spec: ExtractSpec, staging: Path, console: Console) -> None:
     is_zip = archive.name.lower().endswith(".zip") or zipfile.is_zipfile(archive)
     progress = Progress(
@@ -594,31 +605,28 @@ def _extract_all(archive: Path, spec: ExtractSpec, staging: Path, console: Conso
         transient=True,
         disable=not console.is_terminal,
     )
+
+    def write_all(
+        members: list[_Member], open_member: Callable[[Any], Any]
+    ) -> list[tuple[_Member, Path]]:
+        plan = _plan(archive, members, spec, staging)
+        with progress:
+            task = progress.add_task(f"extracting {archive.name}", total=len(plan))
+            for member, target in plan:
+                if member.is_dir:
+                    _write_member(None, target, True)
+                else:
+                    with open_member(member.ref) as source:
+                        _write_member(source, target, False)
+                progress.advance(task)
+        return plan
+
     if is_zip:
         with zipfile.ZipFile(archive) as zf:
-            plan = _plan(archive, _zip_members(zf), spec, staging)
-            with progress:
-                task = progress.add_task(f"extracting {archive.name}", total=len(plan))
-                for member, target in plan:
-                    if member.is_dir:
-                        _write_member(None, target, True)
-                    else:
-                        with zf.open(member.ref) as source:
-                            _write_member(source, target, False)
-                    progress.advance(task)
+            plan = write_all(_zip_members(zf), zf.open)
     else:
         with tarfile.open(archive, "r:*") as tf:
-            plan = _plan(archive, _tar_members(tf), spec, staging)
-            with progress:
-                task = progress.add_task(f"extracting {archive.name}", total=len(plan))
-                for member, target in plan:
-                    if member.is_dir:
-                        _write_member(None, target, True)
-                    else:
-                        source = tf.extractfile(member.ref)
-                        with contextlib.closing(source) if source else contextlib.nullcontext():
-                            _write_member(source, target, False)
-                    progress.advance(task)
+            plan = write_all(_tar_members(tf), lambda ref: _tar_member(tf, ref))
     if not plan:
         raise BenchError(
             f"{archive} contains no files to extract (expected {spec.member_prefix or 'files'}); "
