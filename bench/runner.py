@@ -395,19 +395,16 @@ class Runner:
     # ------------------------------------------------------------------ messages
     def warn(self, message: str) -> None:
         """Print one warning line on the console."""
-        self.console.print(
-            f"warning: {' '.join(message.split())}",
-            style="yellow",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        self._line("warning", message, "yellow")
 
     def note(self, message: str) -> None:
         """Print one note line on the console."""
+        self._line("note", message, "cyan")
+
+    def _line(self, label: str, message: str, style: str) -> None:
         self.console.print(
-            f"note: {' '.join(message.split())}",
-            style="cyan",
+            f"{label}: {' '.join(message.split())}",
+            style=style,
             markup=False,
             highlight=False,
             soft_wrap=True,
