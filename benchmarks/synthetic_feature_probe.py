@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tune_wordemb_synthetic import synthetic_context  # beside this script
 
 from bench.methods import FitContext, get_method_class
 from bench.methods.base import resolve_hparams
 from bench.methods.visprod import mlp, prepare_features
-from bench.runner import RunConfig, Runner
 
 SEEDS = (0, 1, 2)
 
@@ -112,14 +112,7 @@ def main() -> None:
         "--out", type=Path, default=Path("results/benchmarks/synthetic_feature_probe.json")
     )
     args = parser.parse_args()
-    config = RunConfig(
-        methods=("clip",),
-        datasets=("synthetic",),
-        results_dir=args.results_dir,
-        data_root=args.data_root,
-        log_mlflow=False,
-    )
-    ctx = Runner(config).prepare_dataset("synthetic")
+    ctx, _ = synthetic_context(args.results_dir, args.data_root)
     report: dict[str, Any] = {
         "dataset": "synthetic",
         "backbone": ctx.backbone.spec.raw,
