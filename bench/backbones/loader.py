@@ -79,6 +79,14 @@ def backbone_names() -> list[str]:
     ]
 
 
+def random_weights_warning(spec: BackboneSpec) -> str:
+    """The warning every result of a randomly initialised backbone carries."""
+    return (
+        f"backbone {spec.raw} has RANDOMLY INITIALISED weights (seed {RANDOM_INIT_SEED}): "
+        "its numbers say nothing about CZSL; use it only to exercise the pipeline"
+    )
+
+
 def load_backbone(
     spec: str | BackboneSpec,
     device: str | None = None,
@@ -452,12 +460,7 @@ def _assemble(
     with torch.no_grad():
         probe = model.encode_text(tokenizer(["a photo"]).to(device))
     tower = find_text_tower(model)
-    warning = None
-    if built.random_weights:
-        warning = (
-            f"backbone {spec.raw} has RANDOMLY INITIALISED weights (seed {RANDOM_INIT_SEED}): "
-            "its numbers say nothing about CZSL; use it only to exercise the pipeline"
-        )
+    warning = random_weights_warning(spec) if built.random_weights else None
     return Backbone(
         spec=spec,
         model=model,

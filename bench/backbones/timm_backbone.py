@@ -154,7 +154,12 @@ def load_timm_backbone(
     import timm
     from torchvision import transforms
 
-    from bench.backbones.loader import RANDOM_INIT_SEED, _file_digest, _state_dict_digest
+    from bench.backbones.loader import (
+        RANDOM_INIT_SEED,
+        _file_digest,
+        _state_dict_digest,
+        random_weights_warning,
+    )
 
     name, weights = spec.model_name, spec.pretrained
     architecture = name.split(".", 1)[0]
@@ -212,12 +217,7 @@ def load_timm_backbone(
     )
     identity = hashlib.sha256(f"{repr(model)}|{digest}".encode()).hexdigest()
     slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:48]
-    warning = None
-    if random_weights:
-        warning = (
-            f"backbone {spec.raw} has RANDOMLY INITIALISED weights (seed {RANDOM_INIT_SEED}): "
-            "its numbers say nothing about CZSL; use it only to exercise the pipeline"
-        )
+    warning = random_weights_warning(spec) if random_weights else None
     return TimmBackbone(
         spec=spec,
         model=model,
