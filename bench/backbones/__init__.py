@@ -1,27 +1,33 @@
-"""Frozen vision-language backbones (open_clip CLIP models) behind one small interface.
+"""Frozen backbones (open_clip CLIP models, timm image models) behind small interfaces.
 
-``load_backbone("ViT-L-14:openai")`` returns a :class:`Backbone`; see ``parse_backbone`` for
-every accepted spec form.
+``load_backbone("ViT-L-14:openai")`` returns a :class:`Backbone` (an image encoder and a
+text encoder, see ``base.py``); ``registry.py`` lists every accepted spec form.
 """
 
 from __future__ import annotations
 
-from bench.backbones.backbone import Backbone, clean_name
-from bench.backbones.loader import (
+from bench.backbones.base import (
     RANDOM_INIT_SEED,
-    backbone_names,
-    load_backbone,
-    register_configs,
+    Backbone,
+    ImageEncoder,
+    TextEncoder,
+    clean_name,
 )
-from bench.backbones.spec import TINY_RANDOM_MODEL, BackboneSpec, parse_backbone
+from bench.backbones.openclip import find_text_tower, register_configs
+from bench.backbones.openclip_sources import TINY_RANDOM_MODEL
+from bench.backbones.registry import backbone_names, load_backbone, parse_backbone
+from bench.backbones.spec import BackboneSpec
 
 __all__ = [
     "RANDOM_INIT_SEED",
     "TINY_RANDOM_MODEL",
     "Backbone",
     "BackboneSpec",
+    "ImageEncoder",
+    "TextEncoder",
     "backbone_names",
     "clean_name",
+    "find_text_tower",
     "load_backbone",
     "parse_backbone",
     "register_configs",

@@ -18,31 +18,41 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from bench.backbones.base import (
+    RANDOM_INIT_SEED,
+    BackboneSource,
+    LoadRequest,
+    TorchImageEncoder,
+    random_weights_warning,
+)
+from bench.backbones.build import csp_train_transform, file_digest, state_dict_digest
 from bench.backbones.spec import BackboneSpec
-from bench.device import autocast, autocast_dtype_for
+from bench.device import autocast_dtype_for
 from bench.errors import BenchError
 
 PREFIX = "timm:"
 RANDOM = "random"
 
 
-def parse_timm_spec(raw: str) -> BackboneSpec:
+def parse_timm_spec(raw: str) -> BackboneSpec | None:
     """Parse ``timm:MODEL[:PATH|:random]`` (syntax only).
 
     Returns:
-        ``BackboneSpec(raw, "timm", MODEL, PATH or "random" or None)``.
+        ``BackboneSpec(raw, "timm", MODEL, PATH or "random" or None)``, or None when
+        ``raw`` does not start with ``timm:``.
 
     Raises:
         BenchError: No model name.
     """
+    if not raw.startswith(PREFIX):
+        return None
     rest = raw[len(PREFIX) :].strip()
     model, sep, weights = rest.partition(":")
     model, weights = model.strip(), weights.strip()
@@ -56,48 +66,22 @@ def parse_timm_spec(raw: str) -> BackboneSpec:
     return BackboneSpec(raw, "timm", model, weights or None)
 
 
-@dataclass(frozen=True, eq=False)
-class TimmBackbone:
-    """A frozen timm image model; the same image interface as ``Backbone``, no text side.
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TimmBackbone(TorchImageEncoder):
+    """A frozen timm image model (``num_classes=0``: pooled penultimate features); no text side.
 
-    Attributes:
-        spec: The parsed spec.
-        model: The timm model (``num_classes=0``, eval mode, frozen, on ``device``).
-        preprocess: timm's eval transform (PIL image -> tensor).
-        train_transform: Horizontal flip, perspective, rotation by up to 5 degrees, then
-            ``preprocess`` (the CSP augmentation, as for CLIP backbones).
-        device: Where the model lives.
-        autocast_dtype: Mixed-precision dtype on CUDA, None on the CPU.
-        random_weights: True for ``timm:MODEL:random``.
-        identifier: Stable id for caches (model name + architecture + weights hash).
-        embed_dim: Feature dimension (``model.num_features``).
-        preprocess_cfg: timm's resolved data config (input size, interpolation, mean,
-            std, crop).
-        warning: A line to print with every output (random weights), or None.
+    ``preprocess`` is timm's eval transform and ``preprocess_cfg`` timm's resolved data config
+    (input size, interpolation, mean, std, crop); ``embed_dim`` is ``model.num_features``.
+    Its text calls raise: clip/coop/csp and ``--word-vectors backbone`` cannot use it.
     """
 
-    spec: BackboneSpec
-    model: nn.Module
-    preprocess: Callable[[Any], torch.Tensor]
-    train_transform: Callable[[Any], torch.Tensor]
-    device: torch.device
-    autocast_dtype: torch.dtype | None
-    random_weights: bool
-    identifier: str
-    embed_dim: int
-    preprocess_cfg: dict[str, Any]
-    warning: str | None = None
-    #: No text encoder: clip/coop/csp and ``--word-vectors backbone`` cannot use it.
-    has_text_encoder: bool = False
-    width: int = 0
-    context_length: int = 0
+    has_text_encoder: ClassVar[bool] = False
+    width: ClassVar[int] = 0
+    context_length: ClassVar[int] = 0
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) preprocessed images -> (N, embed_dim) float32 pooled features."""
-        images = images.to(self.device, non_blocking=True)
-        with torch.no_grad(), autocast(self.device, self.autocast_dtype):
-            features = self.model(images)
-        return features.float()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """timm's pooled features (the classifier is removed)."""
+        return self.model(images)
 
     def _no_text(self, *args: Any, **kwargs: Any) -> Any:
         raise BenchError(
@@ -111,6 +95,7 @@ class TimmBackbone:
     token_embeddings = _no_text
     name_embedding = _no_text
     tokenizer = _no_text
+    logit_scale = property(_no_text)
 
 
 def _create_from_file(timm: Any, name: str, path: Path) -> nn.Module:
@@ -142,9 +127,7 @@ def _create_from_file(timm: Any, name: str, path: Path) -> nn.Module:
     return model
 
 
-def load_timm_backbone(
-    spec: BackboneSpec, device: torch.device, cache_dir: Path | None = None
-) -> TimmBackbone:
+def load_timm_backbone(spec: BackboneSpec, request: LoadRequest) -> TimmBackbone:
     """Create the timm model of ``spec`` with its weights, frozen, on ``device``.
 
     Raises:
@@ -152,14 +135,6 @@ def load_timm_backbone(
             or a weights file that does not fit the model (one line each).
     """
     import timm
-    from torchvision import transforms
-
-    from bench.backbones.loader import (
-        RANDOM_INIT_SEED,
-        _file_digest,
-        _state_dict_digest,
-        random_weights_warning,
-    )
 
     name, weights = spec.model_name, spec.pretrained
     architecture = name.split(".", 1)[0]
@@ -169,14 +144,14 @@ def load_timm_backbone(
             "timm.list_models() (e.g. resnet18.tv_in1k, the czsl ResNet-18)"
         )
     kwargs: dict[str, Any] = {"num_classes": 0}
-    if cache_dir is not None:
-        kwargs["cache_dir"] = str(cache_dir)
+    if request.cache_dir is not None:
+        kwargs["cache_dir"] = str(request.cache_dir)
     random_weights = weights == RANDOM
     try:
         if random_weights:
             torch.manual_seed(RANDOM_INIT_SEED)
             model = timm.create_model(name, pretrained=False, num_classes=0)
-            digest = _state_dict_digest(model)
+            digest = state_dict_digest(model)
         elif weights is not None:
             path = Path(weights)
             if not path.is_file():
@@ -186,10 +161,10 @@ def load_timm_backbone(
                     "pass its path"
                 )
             model = _create_from_file(timm, name, path)
-            digest = _file_digest(path)
+            digest = file_digest(path)
         else:
             model = timm.create_model(name, pretrained=True, **kwargs)
-            digest = _state_dict_digest(model)
+            digest = state_dict_digest(model)
     except BenchError:
         raise
     except Exception as exc:  # timm/HF raise many types; report one line
@@ -204,30 +179,31 @@ def load_timm_backbone(
 
     model.eval()
     model.requires_grad_(False)
-    model.to(device)
+    model.to(request.device)
     config = timm.data.resolve_model_data_config(model)
     preprocess = timm.data.create_transform(**config, is_training=False)
-    train_transform = transforms.Compose(
-        [
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomPerspective(),
-            transforms.RandomRotation(5),
-            preprocess,
-        ]
-    )
     identity = hashlib.sha256(f"{repr(model)}|{digest}".encode()).hexdigest()
     slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:48]
-    warning = random_weights_warning(spec) if random_weights else None
     return TimmBackbone(
         spec=spec,
+        identifier=f"timm-{slug}-{identity[:16]}",
+        device=request.device,
+        random_weights=random_weights,
+        warning=random_weights_warning(spec) if random_weights else None,
         model=model,
         preprocess=preprocess,
-        train_transform=train_transform,
-        device=device,
-        autocast_dtype=autocast_dtype_for(device),
-        random_weights=random_weights,
-        identifier=f"timm-{slug}-{identity[:16]}",
-        embed_dim=int(model.num_features),
+        train_transform=csp_train_transform(preprocess),
         preprocess_cfg={k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-        warning=warning,
+        autocast_dtype=autocast_dtype_for(request.device),
+        embed_dim=int(model.num_features),
     )
+
+
+TIMM = BackboneSource(
+    name="timm",
+    parse=parse_timm_spec,
+    load=load_timm_backbone,
+    description="image-only timm model (timm's weights, a local file, or random); feature "
+    "methods only",
+    examples=("timm:resnet18.tv_in1k",),
+)

@@ -35,8 +35,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import __version__
-from bench.backbones.backbone import Backbone
-from bench.backbones.spec import BackboneSpec, parse_backbone
+from bench.backbones.base import BackboneSource, LoadRequest
+from bench.backbones.build import quiet
+from bench.backbones.openclip import (
+    CONFIG_DIR,
+    BuiltModel,
+    OpenClipBackbone,
+    assemble_backbone,
+    create_model,
+    load_weights,
+    register_configs,
+)
+from bench.backbones.spec import BackboneSpec
+from bench.device import resolve_device
 from bench.errors import BenchError
 from bench.io import atomic_directory, atomic_write_json, sha256_file, sha256_json
 
@@ -150,8 +161,6 @@ class PretrainConfig:
 # ------------------------------------------------------------------------------ recipe
 def model_config() -> dict[str, Any]:
     """The open_clip config of toy-clip (``configs/toy-clip.json``)."""
-    from bench.backbones.loader import CONFIG_DIR
-
     return json.loads((CONFIG_DIR / f"{MODEL_NAME}.json").read_text(encoding="utf-8"))
 
 
@@ -280,10 +289,8 @@ def _create_model(seed: int) -> nn.Module:
     """A freshly initialised toy-clip (CPU, fp32), initialised from ``seed``."""
     import open_clip
 
-    from bench.backbones.loader import _quiet, register_configs
-
     register_configs()
-    with _quiet(), torch.random.fork_rng(devices=[]):
+    with quiet(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return open_clip.create_model(
             MODEL_NAME, pretrained=None, precision="fp32", device="cpu", weights_only=True
@@ -427,10 +434,8 @@ def pretrain(
     Returns:
         The trained model (eval mode, CPU) and a log: seconds, losses, final temperature.
     """
-    from bench.backbones.loader import _quiet
-
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]), _quiet():
+    with torch.random.fork_rng(devices=[]), quiet():
         model = _create_model(config.seed)
         model.train()
         tokenizer = _tokenizer()
@@ -489,10 +494,8 @@ def pretrain(
 def _tokenizer() -> Any:
     import open_clip
 
-    from bench.backbones.loader import _quiet, register_configs
-
     register_configs()
-    with _quiet():
+    with quiet():
         return open_clip.get_tokenizer(MODEL_NAME)
 
 
@@ -637,6 +640,13 @@ def ensure_toy_clip(
 
 
 # ------------------------------------------------------------------------------ loading
+def parse_toy_clip_spec(raw: str) -> BackboneSpec | None:
+    """``toy-clip`` or ``toy-clip:SEED`` as a spec (the seed is checked when loading)."""
+    if raw != MODEL_NAME and not raw.startswith(f"{MODEL_NAME}:"):
+        return None
+    return BackboneSpec(raw, "toy-clip", MODEL_NAME, raw[len(MODEL_NAME) + 1 :] or None)
+
+
 def seed_from_spec(spec: BackboneSpec) -> int:
     """The pretraining seed of ``toy-clip`` (0) or ``toy-clip:SEED``."""
     if not spec.pretrained:
@@ -659,8 +669,8 @@ def load_toy_clip(
     cache_dir: Path | None = None,
     *,
     show_progress: bool | Any = True,
-) -> Backbone:
-    """Load toy-clip as a frozen :class:`Backbone`, pretraining it on first use.
+) -> OpenClipBackbone:
+    """Load toy-clip as a frozen backbone, pretraining it on first use.
 
     Args:
         spec: ``toy-clip`` or ``toy-clip:SEED`` (parsed or not).
@@ -673,18 +683,10 @@ def load_toy_clip(
     Raises:
         BenchError: A malformed spec or an unwritable cache folder.
     """
-    from bench.backbones.loader import (
-        _assemble,
-        _Built,
-        _create,
-        _load_weights,
-        register_configs,
-    )
-    from bench.device import resolve_device
-
-    parsed = spec if isinstance(spec, BackboneSpec) else parse_backbone(spec)
-    if parsed.source != "toy-clip":
-        raise BenchError(f"--backbone {parsed.raw} is not toy-clip")
+    raw = spec.raw if isinstance(spec, BackboneSpec) else spec.strip()
+    parsed = spec if isinstance(spec, BackboneSpec) else parse_toy_clip_spec(raw)
+    if parsed is None or parsed.source != "toy-clip":
+        raise BenchError(f"--backbone {raw} is not toy-clip")
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     config = PretrainConfig(seed=seed_from_spec(parsed))
     register_configs()
@@ -693,13 +695,30 @@ def load_toy_clip(
             cache_dir, config, force=attempt > 0, show_progress=show_progress
         )
         manifest = read_manifest(folder) or {}
-        model = _create(parsed, MODEL_NAME, cache_dir=None)
+        model = create_model(parsed, MODEL_NAME, cache_dir=None)
         try:
-            _load_weights(parsed, model, str(folder / WEIGHTS_FILE))
+            load_weights(parsed, model, str(folder / WEIGHTS_FILE))
         except BenchError:
             if attempt:
                 raise
             continue  # checked out but does not load: rebuild once
-        built = _Built(model, str(manifest.get("weights_sha256")), False, MODEL_NAME)
-        return _assemble(parsed, built, torch_device, None)
+        digest = str(manifest.get("weights_sha256"))
+        built = BuiltModel(model, digest, False, MODEL_NAME, label="toy-clip")
+        return assemble_backbone(parsed, built, torch_device, None)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load(spec: BackboneSpec, request: LoadRequest) -> OpenClipBackbone:
+    return load_toy_clip(
+        spec, request.device, request.cache_dir, show_progress=request.show_progress
+    )
+
+
+TOY_CLIP = BackboneSource(
+    name="toy-clip",
+    parse=parse_toy_clip_spec,
+    load=_load,
+    description="small CLIP pretrained by the harness on rendered shapes, offline, cached "
+    "(toy-clip:SEED for another pretraining seed; default on synthetic datasets)",
+    examples=("toy-clip",),
+)

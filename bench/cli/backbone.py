@@ -6,13 +6,6 @@ from pathlib import Path
 
 import click
 
-#: One line per short name of ``bench.backbones.backbone_names()``.
-_DESCRIPTIONS = {
-    "tiny-random": "tiny randomly initialised CLIP (pipeline tests only; numbers mean nothing)",
-    "toy-clip": "small CLIP pretrained by the harness on rendered shapes, offline, cached "
-    "(toy-clip:SEED for another pretraining seed; default on synthetic datasets)",
-}
-
 
 @click.group("backbone")
 def backbone() -> None:
@@ -25,24 +18,15 @@ def list_backbones() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.backbones import backbone_names
+    from bench.backbones.registry import SOURCES
 
     table = Table(title="--backbone values")
     table.add_column("spec", no_wrap=True)
     table.add_column("what it is")
-    for name in backbone_names():
-        table.add_row(name, _DESCRIPTIONS.get(name, _describe(name)))
+    for source in SOURCES:
+        for example in source.examples:
+            table.add_row(example, source.description)
     Console().print(table)
-
-
-def _describe(name: str) -> str:
-    if name.startswith("hf-hub:"):
-        return "open_clip model from the Hugging Face Hub (downloaded once, then cached)"
-    if name.startswith("local-dir:"):
-        return "folder with open_clip_config.json and a weights file"
-    if ":/" in name:
-        return "open_clip architecture with a local .pt/.safetensors checkpoint"
-    return "open_clip model and pretrained tag (downloaded once, then cached)"
 
 
 @backbone.command("pretrain")
