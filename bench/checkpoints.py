@@ -287,7 +287,7 @@ def default_checkpoint_key(ctx: Any, method_name: str, hparams: Mapping[str, Any
             "seed": getattr(ctx, "seed", None),
             "augment": getattr(ctx, "augment", None),
             "dataset": getattr(getattr(ctx, "dataset", None), "fingerprint", None),
-            "backbone": getattr(backbone, "identifier", None),
+            "backbone": None if backbone is None else backbone.identifier,
         }
     )
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from bench import __version__
+from bench.backbones import Backbone
+from bench.constants import slug
 from bench.errors import BenchError
 from bench.io import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
 
@@ -56,7 +58,7 @@ class FeatureSet:
 
 
 # --------------------------------------------------------------------------- cache keys
-def _transform(backbone: Any, transform: str) -> Callable[[Any], torch.Tensor]:
+def _transform(backbone: Backbone, transform: str) -> Callable[[Any], torch.Tensor]:
     if transform == "eval":
         return backbone.preprocess
     if transform == "hflip":
@@ -66,10 +68,10 @@ def _transform(backbone: Any, transform: str) -> Callable[[Any], torch.Tensor]:
     raise BenchError(f"unknown feature transform {transform!r}; known: {', '.join(TRANSFORMS)}")
 
 
-def _describe_transform(backbone: Any, transform: str) -> str:
+def _describe_transform(backbone: Backbone, transform: str) -> str:
     """A stable text for the transform pipeline (memory addresses stripped)."""
     text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(_transform(backbone, transform)))
-    cfg = getattr(backbone, "preprocess_cfg", None)
+    cfg = backbone.preprocess_cfg
     if cfg:
         text += " " + json.dumps(cfg, sort_keys=True, default=str)
     return text
@@ -100,7 +102,7 @@ def _images_signature(dataset: Any, split: str) -> str:
     return digest.hexdigest()
 
 
-def _key_inputs(backbone: Any, dataset: Any, split: str, transform: str) -> dict[str, Any]:
+def _key_inputs(backbone: Backbone, dataset: Any, split: str, transform: str) -> dict[str, Any]:
     return {
         "format": CACHE_FORMAT,
         "backbone": backbone.identifier,
@@ -114,7 +116,7 @@ def _key_inputs(backbone: Any, dataset: Any, split: str, transform: str) -> dict
     }
 
 
-def feature_cache_key(backbone: Any, dataset: Any, split: str, transform: str = "eval") -> str:
+def feature_cache_key(backbone: Backbone, dataset: Any, split: str, transform: str = "eval") -> str:
     """The cache key of a split's features.
 
     It covers the backbone identifier, the dataset (name, folder, fingerprint, and the
@@ -124,19 +126,15 @@ def feature_cache_key(backbone: Any, dataset: Any, split: str, transform: str = 
     return sha256_json(_key_inputs(backbone, dataset, split, transform))[:32]
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:80] or "x"
-
-
 def _entry_paths(results_dir: Path, inputs: dict[str, Any], key: str) -> tuple[Path, Path]:
     folder = (
         Path(results_dir)
         / "cache"
         / "features"
-        / _slug(inputs["dataset"])
-        / _slug(inputs["backbone"])
+        / slug(inputs["dataset"])
+        / slug(inputs["backbone"])
     )
-    stem = f"{_slug(inputs['split'])}-{_slug(inputs['transform'])}-{key[:16]}"
+    stem = f"{slug(inputs['split'])}-{slug(inputs['transform'])}-{key[:16]}"
     return folder / f"{stem}.pt", folder / f"{stem}.json"
 
 
@@ -267,7 +265,7 @@ def _progress(console: Any) -> Any:
 
 
 def _encode(
-    backbone: Any,
+    backbone: Backbone,
     paths: Sequence[Path],
     transform: Callable[[Any], torch.Tensor],
     *,
@@ -302,7 +300,7 @@ def _store(
     manifest_path: Path,
     key: str,
     inputs: dict[str, Any],
-    backbone: Any,
+    backbone: Backbone,
     features: torch.Tensor,
     attr_idx: np.ndarray,
     obj_idx: np.ndarray,
@@ -322,7 +320,6 @@ def _store(
     with contextlib.suppress(FileNotFoundError):
         manifest_path.unlink()  # no manifest may vouch for a tensor file being replaced
     atomic_write_bytes(tensor_path, data)
-    spec = getattr(backbone, "spec", None)
     atomic_write_json(
         manifest_path,
         {
@@ -330,9 +327,9 @@ def _store(
             "key": key,
             "inputs": inputs,
             "backbone": {
-                "spec": getattr(spec, "raw", None),
+                "spec": backbone.spec.raw,
                 "identifier": backbone.identifier,
-                "random_weights": bool(getattr(backbone, "random_weights", False)),
+                "random_weights": backbone.random_weights,
             },
             "dataset": {"name": inputs["dataset"], "fingerprint": inputs["fingerprint"]},
             "split": inputs["split"],
@@ -351,7 +348,7 @@ def _store(
 
 
 def extract_features(
-    backbone: Any,
+    backbone: Backbone,
     dataset: Any,
     split: str,
     results_dir: Path,
@@ -364,7 +361,7 @@ def extract_features(
     """Return a split's frozen image features, from the cache or by running the encoder.
 
     Args:
-        backbone: A loaded ``bench.backbones.Backbone``.
+        backbone: A loaded backbone (only its image encoder and identity are used).
         dataset: A ``bench.data.czsl.CZSLDataset``.
         split: "train", "val" or "test".
         results_dir: The results folder; entries go under ``cache/features/``.

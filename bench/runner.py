@@ -584,7 +584,7 @@ class Runner:
                     cache_dir=cache_dir,
                     show_progress=self.progress if self.progress is not None else True,
                 )
-            if getattr(backbone, "random_weights", False):
+            if backbone.random_weights:
                 self.warn(_random_warning(backbone))
             start = time.perf_counter()
             with writing(feature_dir):
@@ -918,9 +918,9 @@ class Runner:
             "git_commit": self._git_commit,
             "device": str(ctx.backbone.device),
             "feature_cache_hit": ctx.cache_hit,
-            "backbone_random_weights": bool(getattr(ctx.backbone, "random_weights", False)),
+            "backbone_random_weights": ctx.backbone.random_weights,
             "backbone_warning": _random_warning(ctx.backbone)
-            if getattr(ctx.backbone, "random_weights", False)
+            if ctx.backbone.random_weights
             else None,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
@@ -1070,7 +1070,7 @@ def _dataset_label(spec: str) -> str:
 
 def _slug(text: str) -> str:
     """The folder name ``bench.features`` uses for ``text``."""
-    from bench.features import _slug as features_slug
+    from bench.constants import slug as features_slug
 
     return features_slug(text)
 
@@ -1082,7 +1082,7 @@ def _is_registered(name: str) -> bool:
 
 
 def _random_warning(backbone: Any) -> str:
-    return getattr(backbone, "warning", None) or (
+    return backbone.warning or (
         f"backbone {backbone.spec.raw} has RANDOM weights: its numbers say nothing about any method"
     )
 

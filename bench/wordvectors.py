@@ -210,14 +210,13 @@ class _BackboneTokens(_Provider):
 
     provider = "backbone"
     what = "token embeddings"
-    needs = "name_embedding"
 
     def __init__(self, backbone: Any) -> None:
         if backbone is None:
             raise BenchError(
                 f"--word-vectors {self.provider} needs the run's backbone; pass one or use glove50"
             )
-        if not getattr(backbone, "has_text_encoder", True) or not hasattr(backbone, self.needs):
+        if not backbone.has_text_encoder:
             raise BenchError(
                 f"--word-vectors {self.provider}: backbone {_backbone_label(backbone)} has no "
                 f"text side ({self.what}); use glove50 or a glove:/fasttext:/word2vec: file"
@@ -225,7 +224,7 @@ class _BackboneTokens(_Provider):
         self.backbone = backbone
         self.label = f"backbone {self.what} ({_backbone_label(backbone)})"
         self.source = f"backbone {_backbone_label(backbone)}"
-        self.key = (self.provider, str(getattr(backbone, "identifier", id(backbone))))
+        self.key = (self.provider, backbone.identifier)
 
     def lookup(self, words: set[str]) -> tuple[dict[str, np.ndarray], int]:
         found = {}
@@ -243,7 +242,6 @@ class _BackboneText(_BackboneTokens):
 
     provider = "backbone-text"
     what = "text-encoder embeddings"
-    needs = "encode_text"
 
     def lookup(self, words: set[str]) -> tuple[dict[str, np.ndarray], int]:
         from bench.backbones import clean_name
@@ -257,8 +255,7 @@ class _BackboneText(_BackboneTokens):
 
 
 def _backbone_label(backbone: Any) -> str:
-    spec = getattr(backbone, "spec", None)
-    return str(getattr(spec, "raw", None) or getattr(backbone, "identifier", None) or backbone)
+    return backbone.spec.raw
 
 
 def glove50_available() -> bool:

@@ -111,7 +111,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 def autocast_context(backbone: Backbone) -> contextlib.AbstractContextManager[Any]:
     """Autocast to the backbone's mixed-precision dtype on CUDA; a no-op on the CPU."""
-    return autocast(backbone.device, getattr(backbone, "autocast_dtype", None))
+    return autocast(backbone.device, backbone.autocast_dtype)
 
 
 def pairs_digest(pairs: np.ndarray) -> str:
@@ -209,7 +209,7 @@ def _truncation_is_exact(backbone: Backbone, full: PromptTemplate, short: Prompt
     if a.shape != b.shape:
         return False
     # float32: equal up to rounding; mixed precision: kernels differ with the length
-    tolerance = 1e-4 if getattr(backbone, "autocast_dtype", None) is None else 2e-2
+    tolerance = 1e-4 if backbone.autocast_dtype is None else 2e-2
     return bool((a - b).norm() <= tolerance * a.norm())
 
 
@@ -441,12 +441,7 @@ class ClipFamilyMethod(Method):
 
     def backbone_name(self) -> str:
         """A printable name of the bound backbone (for error messages)."""
-        backbone = self.backbone
-        spec = getattr(backbone, "spec", None)
-        for value in (getattr(spec, "raw", None), spec, getattr(backbone, "name", None)):
-            if isinstance(value, str):
-                return value
-        return type(backbone).__name__
+        return self._require_setup().spec.raw
 
 
 class SoftPromptMethod(ClipFamilyMethod):
