@@ -1,4 +1,4 @@
-"""Figures: the seen-unseen calibration curve whose area is the AUC."""
+"""Plotting primitives shared by the runner (per-cell curves) and bench.report.figures."""
 
 from __future__ import annotations
 
@@ -9,13 +9,23 @@ from typing import Any
 from bench.io import atomic_open
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(figure: Any, paths: Sequence[Path]) -> list[Path]:
+    """Write ``figure`` atomically to each path (its suffix, .png or .pdf, picks the format)."""
+    for path in paths:
+        with atomic_open(path, "wb") as handle:
+            figure.savefig(handle, format=path.suffix.lstrip(".") or "png")
+    pyplot().close(figure)
+    return list(paths)
 
 
 def save_curves(
@@ -30,8 +40,7 @@ def save_curves(
         path: Output file; the suffix (.png or .pdf) picks the format.
         title: Figure title.
     """
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(4.5, 4.0), dpi=120)
+    figure, axis = pyplot().subplots(figsize=(4.5, 4.0), dpi=120)
     for label, curve in curves.items():
         auc = curve.get("auc")
         name = f"{label} (AUC {100 * auc:.1f})" if auc is not None else label
@@ -49,7 +58,4 @@ def save_curves(
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format=path.suffix.lstrip(".") or "png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, [path])[0]

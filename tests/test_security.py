@@ -99,7 +99,7 @@ def test_absolute_archive_member_refused_through_the_cli(tmp_path: Path) -> None
 
 @pytest.fixture
 def ui_command(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    from bench import report
+    from bench.report import ui
 
     launched: list[list[str]] = []
 
@@ -107,7 +107,7 @@ def ui_command(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         launched.append(list(command))
         return 0
 
-    monkeypatch.setattr(report, "serve_ui", serve)
+    monkeypatch.setattr(ui, "serve_ui", serve)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return launched
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from bench.constants import WORLDS
 from bench.errors import BenchError
 
 
@@ -41,7 +42,7 @@ def _figure_store(tracking_uri: str | None, results_dir: Path) -> str | None:
 @click.option("--methods", default=None, help="Comma-separated methods (row order) [default: all].")
 @click.option(
     "--setting",
-    type=click.Choice(["cw", "ow", "both"]),
+    type=click.Choice([*WORLDS, "both"]),
     default="both",
     show_default=True,
     help="Closed world, open world or both tables.",
@@ -128,7 +129,7 @@ def report(
         raise BenchError(
             f"no finished runs{chosen} in {where}; run `bench run` first or check --results-dir"
         )
-    worlds = ("cw", "ow") if setting == "both" else (setting,)
+    worlds = WORLDS if setting == "both" else (setting,)
     summary = lib.aggregate(records, split, worlds, dataset_list, method_list)
     if summary.empty:
         raise BenchError(f"the runs in {where} have no {split} metrics for {' and '.join(worlds)}")
@@ -215,7 +216,7 @@ def report(
 )
 def ui(results_dir: Path, tracking_uri: str | None, host: str | None, port: int) -> None:
     """Start the MLflow UI for the harness's tracking store (Ctrl-C stops it)."""
-    from bench import report as lib
+    from bench.report import ui as lib
     from bench.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, results_dir)

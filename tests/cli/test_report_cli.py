@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from bench import report as lib
 from bench.cli import cli
 from bench.io import atomic_write_json, sha256_json
+from bench.report import ui
 
 
 def fixture_result(
@@ -243,7 +244,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         commands.append(list(command))
         return 0
 
-    monkeypatch.setattr(lib, "serve_ui", fake_serve)
+    monkeypatch.setattr(ui, "serve_ui", fake_serve)
     return commands
 
 
@@ -290,6 +291,6 @@ def test_ui_failure_exit_status(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "mlflow.db").write_bytes(b"")
-    monkeypatch.setattr(lib, "serve_ui", lambda command: 1)
+    monkeypatch.setattr(ui, "serve_ui", lambda command: 1)
     result = invoke(runner, "ui", "--results-dir", tmp_path)
     assert result.exit_code == 2 and "exited with status 1" in result.stderr

@@ -1,0 +1,124 @@
+"""bench.report.paper: the shipped published numbers and the comparison with them.
+
+All results are TEST FIXTURES (see report_fixtures.py): hand-made numbers, never real runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from report_fixtures import (
+    PAPER_BACKBONE,
+    check_golden,
+    make_result,
+    write_result,
+)
+
+from bench import report
+from bench.errors import BenchError
+
+
+def test_published_csv_ships_the_csp_paper_numbers() -> None:
+    path = report.published_path()
+    assert path.name == "published.csv" and path.parent.name == "results"
+    frame = report.load_published()
+    assert len(frame) == 18
+    assert set(frame["backbone"]) == {PAPER_BACKBONE} and set(frame["split"]) == {"test"}
+    assert set(frame["dataset"]) == {"mit-states", "ut-zappos", "cgqa"}
+    assert set(frame["method"]) == {"clip", "coop", "csp"}
+    row = frame[
+        (frame.method == "csp") & (frame.dataset == "mit-states") & (frame.setting == "cw")
+    ].iloc[0]
+    assert (row.S, row.U, row.HM, row.AUC) == (46.6, 49.9, 36.3, 19.4)
+    row = frame[
+        (frame.method == "coop") & (frame.dataset == "cgqa") & (frame.setting == "ow")
+    ].iloc[0]
+    assert (row.S, row.U, row.HM, row.AUC) == (21.0, 4.6, 5.5, 0.7)
+    assert frame["citation"].str.contains("Nayak, Yu & Bach").all()
+    assert frame["citation"].str.contains("ICLR 2023").all()
+
+
+def test_published_path_falls_back_to_the_wheel_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench
+
+    package = tmp_path / "site-packages" / "bench"
+    (package / "_data").mkdir(parents=True)
+    shutil.copy(report.published_path(), package / "_data" / "published.csv")
+    monkeypatch.setattr(bench, "__file__", str(package / "__init__.py"))
+    assert report.published_path() == package / "_data" / "published.csv"
+    (package / "_data" / "published.csv").unlink()
+    with pytest.raises(BenchError, match="cannot find published.csv"):
+        report.published_path()
+
+
+def test_compare_with_paper_deltas(grid: Path) -> None:
+    summary = report.aggregate(report.load_records(grid))
+    comparison, notes = report.compare_with_paper(summary)
+    assert notes == []
+    assert len(comparison) == 8
+    row = comparison[
+        (comparison.world == "cw")
+        & (comparison.dataset == "mit-states")
+        & (comparison.method == "csp")
+    ].iloc[0]
+    assert row["S_paper"] == 46.6 and row["S_mean"] == pytest.approx(46.9)
+    assert row["S_delta"] == pytest.approx(0.3) and row["U_delta"] == pytest.approx(-0.4)
+    assert row["HM_delta"] == pytest.approx(0.0, abs=1e-9) and row["AUC_delta"] == pytest.approx(
+        -0.4
+    )
+    row = comparison[
+        (comparison.world == "ow")
+        & (comparison.dataset == "ut-zappos")
+        & (comparison.method == "clip")
+    ].iloc[0]
+    assert row["AUC_paper"] == 2.2 and row["AUC_delta"] == pytest.approx(-0.2)
+    markdown = report.render_comparison(comparison, "markdown")
+    assert (
+        "| mit-states | csp | 46.6 | 46.9 ± 0.4 | +0.3 | 49.9 | 49.5 ± 0.4 | −0.4 | 36.3 | 36.3 ± 0.4 | +0.0 |"
+        in markdown
+    )
+    check_golden("compare.tex", report.render_comparison(comparison, "latex"))
+
+
+def test_compare_with_paper_says_why_not(tmp_path: Path) -> None:
+    write_result(
+        tmp_path, make_result("csp", "mit-states", 0, {"cw": (1, 1, 1, 1)}, backbone="toy-clip")
+    )
+    write_result(
+        tmp_path, make_result("csp", "synthetic", 0, {"cw": (1, 1, 1, 1)}, backbone="toy-clip")
+    )
+    write_result(tmp_path, make_result("dfsp", "ut-zappos", 0, {"cw": (1, 1, 1, 1)}))
+    comparison, notes = report.compare_with_paper(report.aggregate(report.load_records(tmp_path)))
+    assert comparison.empty
+    assert "no paper numbers for backbone toy-clip; the paper used ViT-L-14:openai" in notes
+    assert (
+        "no paper numbers for dataset synthetic (the paper reports mit-states, ut-zappos, cgqa)"
+        in notes
+    )
+    assert (
+        "no paper numbers for method dfsp on ut-zappos (the paper reports clip, coop, csp)" in notes
+    )
+    with pytest.raises(BenchError, match="nothing to compare"):
+        report.render_comparison(comparison, "latex")
+
+
+def test_compare_only_matching_rows(grid: Path) -> None:
+    for seed in (0, 1):
+        write_result(
+            grid,
+            make_result(
+                "csp", "mit-states", seed, {"cw": (1, 1, 1, 1)}, backbone="ViT-B-32:openai"
+            ),
+        )
+    comparison, notes = report.compare_with_paper(
+        report.aggregate(report.load_records(grid), worlds=["cw"])
+    )
+    assert set(comparison["backbone"]) == {PAPER_BACKBONE} and len(comparison) == 4
+    assert notes == [
+        "no paper numbers for backbone ViT-B-32:openai; the paper used ViT-L-14:openai"
+    ]
+    assert "csp (ViT-L-14:openai)" in set(comparison["label"])
