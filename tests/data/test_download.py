@@ -1,4 +1,4 @@
-"""Tests for bench.data.download against a local HTTP server serving archives built here."""
+"""Tests for the bench.data.download package against a local HTTP server serving archives built here."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from rich.console import Console
 
 import bench.data.download as dl
 from bench.cards import load_card
+from bench.data.czsl import METADATA_FILE
+from bench.data.download import recipes
 from bench.errors import BenchError
 
 # --------------------------------------------------------------------------- local server
@@ -281,7 +283,7 @@ def test_ut_zappos_download_and_reorganisation(server: Served, tmp_path: Path) -
         "Canvas_Shoes.Flats",
         "Leather_Boots.Ankle",
     ]
-    assert torch.load(out / dl.METADATA_FILE, weights_only=True) == UT_ROWS
+    assert torch.load(out / METADATA_FILE, weights_only=True) == UT_ROWS
     assert (out / "compositional-split-natural" / "train_pairs.txt").read_bytes() == _pairs(
         "Leather Boots.Ankle"
     )
@@ -293,7 +295,7 @@ def test_cgqa_download_and_layout(server: Served, tmp_path: Path, top: str) -> N
     out = dl.download_dataset("cgqa", tmp_path, urls_override=urls, console=_console())
     assert sorted(p.name for p in (out / "images").iterdir()) == ["0.jpg", "1.jpg", "2.jpg"]
     assert (out / "compositional-split-natural" / "val_pairs.txt").is_file()
-    assert (out / dl.METADATA_FILE).is_file()
+    assert (out / METADATA_FILE).is_file()
     assert not (out / "cgqa").exists()
 
 
@@ -427,7 +429,7 @@ def _card_with_sha(monkeypatch: pytest.MonkeyPatch, name: str, sha: str) -> None
     card = copy.deepcopy(load_card("datasets", name))
     for archive in card["archives"]:
         archive["sha256"] = sha
-    monkeypatch.setattr(dl, "load_card", lambda kind, n: card)
+    monkeypatch.setattr(recipes, "load_card", lambda kind, n: card)
 
 
 def test_card_checksum_mismatch(
