@@ -39,7 +39,8 @@ def info(name_or_path: str, root: Path | None, as_json: bool) -> None:
 
     A missing synthetic dataset is generated first.
     """
-    from bench.data.czsl import SPLITS, describe
+    from bench.constants import DATA_SPLITS
+    from bench.data.czsl import describe
     from bench.data.registry import open_dataset
 
     ds = open_dataset(name_or_path, _root(root), prepare=True)
@@ -54,7 +55,7 @@ def info(name_or_path: str, root: Path | None, as_json: bool) -> None:
     table.add_column("split")
     for column in ("images", "seen pairs", "unseen pairs"):
         table.add_column(column, justify="right")
-    for split in SPLITS:
+    for split in DATA_SPLITS:
         row = counts[split]
         table.add_row(split, str(row["images"]), str(row["seen_pairs"]), str(row["unseen_pairs"]))  # type: ignore[index]
     console = Console()

@@ -9,8 +9,6 @@ official CSP code use; ``bench.data.registry`` maps card names to folders under 
 from __future__ import annotations
 
 from bench.data.czsl import (
-    SPLITS,
-    WORLDS,
     CZSLDataset,
     Pair,
     Sample,
@@ -27,8 +25,6 @@ from bench.data.registry import (
 
 __all__ = [
     "REAL_DATASETS",
-    "SPLITS",
-    "WORLDS",
     "CZSLDataset",
     "Pair",
     "Sample",

@@ -30,12 +30,11 @@ from types import MappingProxyType
 
 import numpy as np
 
+from bench.constants import DATA_SPLITS, WORLD_NAMES
 from bench.errors import BenchError
 
 Pair = tuple[str, str]
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-WORLDS: tuple[str, ...] = ("closed", "open")
 SPLIT_DIR = "compositional-split-natural"
 METADATA_FILE = "metadata_compositional-split-natural.t7"
 IMAGES_DIR = "images"
@@ -107,7 +106,7 @@ class CZSLDataset:
         return _rebuild_dataset, tuple(values)
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{split}={len(self.splits[split])}" for split in SPLITS)
+        sizes = ", ".join(f"{split}={len(self.splits[split])}" for split in DATA_SPLITS)
         return (
             f"CZSLDataset(name={self.name!r}, root={str(self.root)!r}, attrs={len(self.attrs)}, "
             f"objs={len(self.objs)}, pairs={len(self.pairs)}, {sizes})"
@@ -124,8 +123,8 @@ class CZSLDataset:
         return MappingProxyType({name: i for i, name in enumerate(self.objs)})
 
     def _check_split(self, split: str) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if split not in DATA_SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {DATA_SPLITS}")
 
     def split_pairs(self, split: str) -> tuple[Pair, ...]:
         """The pairs of ``split``'s pair file, in file order."""
@@ -158,7 +157,7 @@ class CZSLDataset:
             attr_ids = np.repeat(np.arange(n_attrs, dtype=np.int64), n_objs)
             obj_ids = np.tile(np.arange(n_objs, dtype=np.int64), n_attrs)
             return np.stack([attr_ids, obj_ids], axis=1)
-        raise ValueError(f"unknown world {world!r}; expected one of {WORLDS}")
+        raise ValueError(f"unknown world {world!r}; expected one of {tuple(WORLD_NAMES.values())}")
 
     def candidate_mask(self, split: str, world: str) -> np.ndarray | None:
         """Which candidates may be predicted when evaluating ``split``.
@@ -172,7 +171,9 @@ class CZSLDataset:
         if world == "open":
             return None
         if world != "closed":
-            raise ValueError(f"unknown world {world!r}; expected one of {WORLDS}")
+            raise ValueError(
+                f"unknown world {world!r}; expected one of {tuple(WORLD_NAMES.values())}"
+            )
         allowed = set(self.train_pairs) | set(self.split_pairs(split))
         return np.fromiter(
             (pair in allowed for pair in self.pairs), dtype=bool, count=len(self.pairs)
@@ -314,7 +315,7 @@ def load_dataset(path: Path, name: str | None = None) -> CZSLDataset:
     root = check_layout(Path(path))
     split_pairs: dict[str, tuple[Pair, ...]] = {}
     parts: list[tuple[str, bytes]] = []
-    for split in SPLITS:
+    for split in DATA_SPLITS:
         file = pair_file(root, split)
         split_pairs[split] = read_pair_file(file)
         parts.append((file.name, file.read_bytes()))
@@ -330,14 +331,14 @@ def load_dataset(path: Path, name: str | None = None) -> CZSLDataset:
     attrs = tuple(sorted({a for a, _ in union}))
     objs = tuple(sorted({o for _, o in union}))
 
-    samples: dict[str, list[Sample]] = {split: [] for split in SPLITS}
+    samples: dict[str, list[Sample]] = {split: [] for split in DATA_SPLITS}
     for row in rows:
         attr, obj, split = row["attr"], row["obj"], row["set"]
         if attr == "NA" or split == "NA" or split not in samples or (attr, obj) not in union:
             continue
         samples[split].append(Sample(image=row["image"], attr=attr, obj=obj))
 
-    for split in SPLITS:
+    for split in DATA_SPLITS:
         if not samples[split]:
             raise BenchError(
                 f"metadata file {meta_path} has no usable {split!r} images (rows with set "
@@ -352,7 +353,9 @@ def load_dataset(path: Path, name: str | None = None) -> CZSLDataset:
     ):
         for missing in (n for n in names if n not in present):
             where = next(
-                split for split in SPLITS if any(p[position] == missing for p in split_pairs[split])
+                split
+                for split in DATA_SPLITS
+                if any(p[position] == missing for p in split_pairs[split])
             )
             raise BenchError(
                 f"{pair_file(root, where)} names {kind} {missing!r}, which has no training "
@@ -368,7 +371,7 @@ def load_dataset(path: Path, name: str | None = None) -> CZSLDataset:
         train_pairs=split_pairs["train"],
         val_pairs=split_pairs["val"],
         test_pairs=split_pairs["test"],
-        splits=MappingProxyType({split: tuple(samples[split]) for split in SPLITS}),
+        splits=MappingProxyType({split: tuple(samples[split]) for split in DATA_SPLITS}),
         fingerprint=_fingerprint(parts),
     )
 
@@ -388,7 +391,7 @@ def describe(ds: CZSLDataset) -> dict[str, object]:
         "pairs": len(ds.pairs),
         "open_world_pairs": len(ds.attrs) * len(ds.objs),
     }
-    for split in SPLITS:
+    for split in DATA_SPLITS:
         split_pairs = ds.split_pairs(split)
         seen = sum(pair in train for pair in split_pairs)
         out[split] = {

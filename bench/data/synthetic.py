@@ -31,11 +31,11 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bench.constants import DATA_SPLITS
 from bench.data.czsl import (
     GENERATOR_FILE,
     IMAGES_DIR,
     SPLIT_DIR,
-    SPLITS,
     CZSLDataset,
     Pair,
     Sample,
@@ -207,7 +207,7 @@ class SyntheticPlan:
                 Sample(image=f"{split}/{i}.png", attr=a, obj=o)
                 for i, (a, o) in enumerate(self.images[split])
             )
-            for split in SPLITS
+            for split in DATA_SPLITS
         }
         union = sorted(set(self.train_pairs) | set(self.val_pairs) | set(self.test_pairs))
         return CZSLDataset(
@@ -233,7 +233,7 @@ class SyntheticPlan:
             "pairs": len(closed),
             "open_world_pairs": len(self.attrs) * len(self.objs),
         }
-        for split in SPLITS:
+        for split in DATA_SPLITS:
             pairs = self.split_pairs(split)
             seen = sum(pair in train for pair in pairs)
             out[split] = {
@@ -331,7 +331,7 @@ def plan_synthetic(
     split_ids = {"train": train_ids, "val": val_ids, "test": test_ids}
     n_images = {"train": spec.train_images, "val": spec.val_images, "test": spec.test_images}
     images: dict[str, tuple[Pair, ...]] = {}
-    for split in SPLITS:
+    for split in DATA_SPLITS:
         pairs = names(split_ids[split])
         per_pair = _spread(rng, n_images[split], len(pairs))
         images[split] = tuple(
@@ -340,12 +340,12 @@ def plan_synthetic(
 
     skipped: list[tuple[str, str, str]] = []
     for i in range(spec.skipped_rows):
-        skipped.append(("NA", objs[int(rng.integers(n_objs))], SPLITS[i % 3]))
+        skipped.append(("NA", objs[int(rng.integers(n_objs))], DATA_SPLITS[i % 3]))
         attr, obj = names(train_ids[[int(rng.integers(len(train_ids)))]])[0]
         skipped.append((attr, obj, "NA"))
         if len(outside):
             attr, obj = names(outside[[int(rng.integers(len(outside)))]])[0]
-            skipped.append((attr, obj, SPLITS[i % 3]))
+            skipped.append((attr, obj, DATA_SPLITS[i % 3]))
 
     return SyntheticPlan(
         preset=spec,
@@ -578,7 +578,7 @@ def write_plan(
     images_dir.mkdir(exist_ok=True)
 
     jobs: list[tuple[str, str, str]] = [
-        (attr, obj, split) for split in SPLITS for attr, obj in plan.images[split]
+        (attr, obj, split) for split in DATA_SPLITS for attr, obj in plan.images[split]
     ]
     jobs += list(plan.skipped)
     rows: list[dict[str, str]] = []
@@ -608,7 +608,7 @@ def write_plan(
             if on_image is not None:
                 on_image()
 
-    for split in SPLITS:
+    for split in DATA_SPLITS:
         text = "".join(f"{a} {o}\n" for a, o in plan.split_pairs(split))
         pair_file(out_dir, split).write_text(text, encoding="utf-8")
     torch.save(rows, metadata_file(out_dir))

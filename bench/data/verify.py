@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.data.czsl import IMAGES_DIR, SPLITS, describe
+from bench.constants import DATA_SPLITS
+from bench.data.czsl import IMAGES_DIR, describe
 from bench.data.registry import dataset_card, is_registered, open_dataset
 
 
@@ -118,7 +119,7 @@ def verify_dataset(
     expected = dataset_card(value).get("counts") if is_registered(value) else None
     mismatches = compare_counts(expected, counts) if expected else []
 
-    images = sorted({s.image for split in SPLITS for s in ds.splits[split]})
+    images = sorted({s.image for split in DATA_SPLITS for s in ds.splits[split]})
     base = ds.root / IMAGES_DIR
     results: list[str | None] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
