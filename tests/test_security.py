@@ -120,7 +120,6 @@ def ui_command(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 def test_ui_binds_to_loopback_unless_told(
     ui_command: list[list[str]], tmp_path: Path, extra: list[str], host: str, warns: bool
 ) -> None:
-    pytest.importorskip("bench.cli.report")
     (tmp_path / "mlflow.db").write_bytes(b"")
     result = CliRunner().invoke(cli, ["ui", "--results-dir", str(tmp_path), *extra])
     assert result.exit_code == 0, result.output
