@@ -407,6 +407,14 @@ def test_real_cards_counts_have_the_describe_shape() -> None:
         assert counts["open_world_pairs"] == counts["attrs"] * counts["objs"]
         for split in ("val", "test"):
             assert set(counts[split]) == {"seen_pairs", "unseen_pairs", "images"}
+        # the values, not just the keys: positive counts, training on seen pairs only
+        train = counts["train"]
+        assert set(train) == {"pairs", "seen_pairs", "unseen_pairs", "images"}
+        assert train["pairs"] == train["seen_pairs"] and train["unseen_pairs"] == 0, name
+        numbers = [counts["attrs"], counts["objs"], train["pairs"], train["images"]]
+        numbers += [counts[split][key] for split in ("val", "test") for key in counts[split]]
+        assert all(isinstance(n, int) and n > 0 for n in numbers), (name, numbers)
+        assert train["pairs"] <= counts["open_world_pairs"], name
 
 
 def test_dataset_pickles(handmade: CZSLDataset) -> None:

@@ -317,9 +317,14 @@ def test_progress_bar_on_a_terminal(server: Served, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["mit-states", "ut-zappos", "cgqa"])
 def test_cards_have_valid_archives(name: str) -> None:
-    specs = dl.archive_specs(load_card("datasets", name))
+    card = load_card("datasets", name)
+    assert card["kind"] == "download" and card["folder"] == name
+    specs = dl.archive_specs(card)
     assert specs and all(spec.urls for spec in specs)
     assert all(url.startswith(("http://", "https://")) for spec in specs for url in spec.urls)
+    # together the archives provide the whole layout: one "all", or images plus splits
+    assert sorted(spec.role for spec in specs) in (["all"], ["images", "splits"]), name
+    assert len({spec.filename for spec in specs}) == len(specs)
 
 
 def test_file_url_mirror(tmp_path: Path) -> None:
