@@ -379,6 +379,7 @@ def test_bad_input_gives_one_error_line(
 
 
 # --------------------------------------------------------------------------- special cases
+@pytest.mark.slow
 def test_missing_backbone_weights_offline_fail_fast(tmp_path: Path, tiny_root: Path) -> None:
     """Pretrained weights neither cached nor downloadable: one line, quickly, no network."""
     env = {

@@ -108,6 +108,7 @@ def _assert_same_fit(reference: tuple, method: Any, log: dict, history: list) ->
     assert {k: v for k, v in log.items() if k != "resumed_from_epoch"} == ref_log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method_name", ["csp", "compcos", "le+", "aop"])
 def test_interrupted_fit_resumes_to_the_same_result(prepared, uninterrupted, tmp_path, method_name):
     stop_after = 1
@@ -121,6 +122,7 @@ def test_interrupted_fit_resumes_to_the_same_result(prepared, uninterrupted, tmp
     _assert_same_fit(uninterrupted[method_name], method, log, history)
 
 
+@pytest.mark.slow
 def test_resume_after_the_last_epoch_trains_nothing_more(prepared, uninterrupted, tmp_path):
     with pytest.raises(_Stop):
         _fit(prepared, "csp", tmp_path, stop_after=EPOCHS)
@@ -129,6 +131,7 @@ def test_resume_after_the_last_epoch_trains_nothing_more(prepared, uninterrupted
     _assert_same_fit(uninterrupted["csp"], method, log, history)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_configuration_is_ignored(prepared, uninterrupted, tmp_path):
     state = uninterrupted["csp"][0]
     CheckpointStore(tmp_path, "another-cell").save(TrainingCheckpoint(epoch=1, trainable=state))
@@ -139,6 +142,7 @@ def test_checkpoint_of_another_configuration_is_ignored(prepared, uninterrupted,
     _assert_same_fit(uninterrupted["csp"], method, log, history)
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(prepared, uninterrupted, tmp_path):
     with pytest.raises(_Stop):
         _fit(prepared, "csp", tmp_path, stop_after=2, keep=None)
@@ -163,6 +167,7 @@ def test_pickled_object_checkpoint_is_refused(tmp_path):
     assert "cannot be loaded safely" in notes[0]
 
 
+@pytest.mark.slow
 def test_checkpoint_that_does_not_fit_the_method_is_one_line(prepared, tmp_path):
     store = CheckpointStore(tmp_path, "cell-key")
     store.save(

@@ -29,7 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # several `bench run` subprocesses, each killed and resumed
 
 EPOCHS = 4
 TIMEOUT = 180.0  # seconds an attempt may take before the test gives up (loaded machines)

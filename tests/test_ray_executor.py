@@ -89,6 +89,7 @@ def ray_grid(
     }
 
 
+@pytest.mark.slow
 def test_ray_grid_matches_local_executor(ray_grid: dict[str, Any]) -> None:
     outcomes = ray_grid["outcomes"]
     assert [o.cell for o in outcomes] == [o.cell for o in ray_grid["local"]]
@@ -103,6 +104,7 @@ def test_ray_grid_matches_local_executor(ray_grid: dict[str, Any]) -> None:
         assert outcome.path.name == local.path.name
 
 
+@pytest.mark.slow
 def test_features_are_extracted_once_per_grid(ray_grid: dict[str, Any]) -> None:
     manifests = sorted((ray_grid["results"] / "cache" / "features").rglob("*.json"))
     assert len(manifests) == 3  # train, val, test, written by the one upstream task
@@ -110,6 +112,7 @@ def test_features_are_extracted_once_per_grid(ray_grid: dict[str, Any]) -> None:
     assert all(o.result["feature_cache_hit"] for o in ray_grid["outcomes"])
 
 
+@pytest.mark.slow
 def test_driver_logs_every_cell_to_mlflow(ray_grid: dict[str, Any]) -> None:
     import mlflow
 
@@ -127,6 +130,7 @@ def test_driver_logs_every_cell_to_mlflow(ray_grid: dict[str, Any]) -> None:
     assert "test/cw/auc" in coop.data.metrics
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(ray_grid: dict[str, Any]) -> None:
     stamps = {o.path: o.path.stat().st_mtime_ns for o in ray_grid["outcomes"]}
     runner = _runner(ray_grid["config"])
@@ -153,6 +157,7 @@ def _inject_fault(cell: Cell, *, faults: Mapping[str, str], folder: str) -> None
         raise BenchError("injected user error")
 
 
+@pytest.mark.slow
 def test_failed_cells_are_retried_then_reported(
     ray_session: Any, tiny_root: Path, tmp_path: Path
 ) -> None:
@@ -186,6 +191,7 @@ def test_failed_cells_are_retried_then_reported(
     assert "clip|synthetic-tiny|s2: FAILED" in _output(runner)
 
 
+@pytest.mark.slow
 def test_gpus_the_cluster_lacks_give_one_line(
     ray_session: Any, tiny_root: Path, tmp_path: Path
 ) -> None:
@@ -242,6 +248,7 @@ def _cli_args(tiny_root: Path, results: Path) -> list[str]:
     return [*args, "--results-dir", str(results), "--no-mlflow"]
 
 
+@pytest.mark.slow
 @needs_executor_option
 def test_cli_runs_on_ray(ray_session: Any, tiny_root: Path, tmp_path: Path) -> None:
     from bench.cli import cli

@@ -49,6 +49,7 @@ def _result_files(results: Path) -> list[Path]:
     return sorted((results / "runs").glob("*/*/*.json"))
 
 
+@pytest.mark.slow
 def test_every_cell_writes_a_result_json(finished_run):
     files = _result_files(finished_run["results"])
     assert [f.parent.name for f in files] == ["clip", "coop", "csp"]
@@ -71,11 +72,13 @@ def test_every_cell_writes_a_result_json(finished_run):
     assert (files[2].with_suffix("") / "trainable_state.pt").exists()
 
 
+@pytest.mark.slow
 def test_output_says_weights_are_random_and_shows_table(finished_run):
     assert "RANDOM" in finished_run["output"].upper()
     assert "synthetic-tiny" in finished_run["output"] and "cw/AUC" in finished_run["output"]
 
 
+@pytest.mark.slow
 def test_mlflow_runs_params_metrics(finished_run):
     import mlflow
 
@@ -121,6 +124,7 @@ def test_mlflow_runs_params_metrics(finished_run):
     assert {"config.json", "curves", "state"} <= artifacts
 
 
+@pytest.mark.slow
 def test_rerun_skips_and_flag_redoes(finished_run):
     files = _result_files(finished_run["results"])
     stamps = {f: f.stat().st_mtime_ns for f in files}
@@ -135,6 +139,7 @@ def test_rerun_skips_and_flag_redoes(finished_run):
     assert clip_file.stat().st_mtime_ns != stamps[clip_file]
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(tiny_root, tmp_path):
     config = RunConfig(
         methods=("csp",),
@@ -254,6 +259,7 @@ def _lock_of(results: Path, seed: int):
     return FileLock(path)
 
 
+@pytest.mark.slow
 def test_cell_locked_by_another_process_is_skipped_then_picked_up(tiny_root, tmp_path):
     from io import StringIO
 
@@ -281,6 +287,7 @@ def test_cell_locked_by_another_process_is_skipped_then_picked_up(tiny_root, tmp
     ]
 
 
+@pytest.mark.slow
 def test_wait_elsewhere_waits_for_the_other_process(tiny_root, tmp_path):
     import threading
 
@@ -324,6 +331,7 @@ def test_owner_alive():
         assert not owner_alive({**mine, "bench.owner.boot_id": "another-boot"})
 
 
+@pytest.mark.slow
 def test_finished_cells_missing_from_mlflow_are_logged_later(finished_run, tmp_path):
     import mlflow
 
@@ -342,6 +350,7 @@ def test_finished_cells_missing_from_mlflow_are_logged_later(finished_run, tmp_p
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
+@pytest.mark.slow
 def test_load_state_with_zero_epochs_reproduces_the_trained_cell(finished_run, tmp_path):
     (trained,) = [f for f in _result_files(finished_run["results"]) if f.parent.name == "csp"]
     state = trained.with_suffix("") / "trainable_state.pt"

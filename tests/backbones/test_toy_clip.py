@@ -197,6 +197,7 @@ def test_spec_seed() -> None:
 
 
 # ---------------------------------------------------------------- the pretrained model
+@pytest.mark.slow
 def test_default_build_manifest(toy_results: Path) -> None:
     folder = tc.cache_folder(_cache(toy_results), tc.PretrainConfig())
     assert tc.check_folder(folder, tc.PretrainConfig()) is None
@@ -214,6 +215,7 @@ def test_default_build_manifest(toy_results: Path) -> None:
     assert config["model_cfg"]["vision_cfg"]["image_size"] == 48
 
 
+@pytest.mark.slow
 def test_load_toy_clip_is_a_pretrained_backbone(toy_results: Path) -> None:
     cache = _cache(toy_results)
     before = sorted(p.name for p in cache.iterdir())
@@ -242,6 +244,7 @@ def _test_cw(result: dict[str, Any]) -> dict[str, Any]:
     return result["metrics"]["test"]["cw"]
 
 
+@pytest.mark.slow
 def test_zero_shot_clip_generalises_to_unseen_pairs(toy_run: dict[str, dict[str, Any]]) -> None:
     result = toy_run["clip"]
     assert result["config"]["backbone"] == "toy-clip"
@@ -254,12 +257,14 @@ def test_zero_shot_clip_generalises_to_unseen_pairs(toy_run: dict[str, dict[str,
     assert cw["best_unseen"] >= cw["unseen_curve"][-1]
 
 
+@pytest.mark.slow
 def test_trained_methods_beat_zero_shot(toy_run: dict[str, dict[str, Any]]) -> None:
     clip_auc = _test_cw(toy_run["clip"])["auc"]
     assert _test_cw(toy_run["csp"])["auc"] > clip_auc
     assert _test_cw(toy_run["coop"])["auc"] > clip_auc
 
 
+@pytest.mark.slow
 def test_same_cell_same_metrics(toy_results: Path, synthetic_root: Path) -> None:
     config = RunConfig(
         methods=("csp",),
@@ -279,6 +284,7 @@ def test_same_cell_same_metrics(toy_results: Path, synthetic_root: Path) -> None
 
 
 # ------------------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_cli_list_and_pretrain(toy_results: Path) -> None:
     runner = CliRunner()
     listed = runner.invoke(cli, ["backbone", "list"])

@@ -148,6 +148,7 @@ def test_resolve_hparams_precedence() -> None:
 # ----------------------------------------------------------------------------- behaviour
 
 
+@pytest.mark.slow
 def test_zero_epochs_score_exactly_like_clip() -> None:
     dataset = make_dataset()
     feats = make_features(dataset, "test").features
@@ -195,6 +196,7 @@ def test_coop_trains_only_the_context() -> None:
     assert set(method.trainable_state()) == {"context"}
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_different_seed_differs() -> None:
     dataset = make_dataset()
     feats = make_features(dataset, "val").features
@@ -342,6 +344,7 @@ def test_context_length_truncation_keeps_scores() -> None:
         np.testing.assert_allclose(dense_scores(method, feats, pairs), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_synthetic_dataset_end_to_end(tiny_dataset: CZSLDataset, tmp_path: Path) -> None:
     """Real (multi-token) names and images: cached-feature and augmented training both run."""
     bb = backbone()

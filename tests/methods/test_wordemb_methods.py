@@ -179,7 +179,9 @@ def test_czsl_hyperparameters() -> None:
 # ----------------------------------------------------------------------------- learning
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "aop" else n for n in METHODS]
+)
 def test_learns_on_informative_features(name: str) -> None:
     method, log, history = fitted(name)
     rng = np.random.default_rng(1)
@@ -200,7 +202,9 @@ def test_learns_on_informative_features(name: str) -> None:
     assert log["epochs_run"] == epochs and np.isfinite(log["final_loss"])
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "aop" else n for n in METHODS]
+)
 def test_seeded_and_state_roundtrip(name: str) -> None:
     method, _, _ = fitted(name)
     features, _ = toy_problem()
