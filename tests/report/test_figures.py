@@ -31,3 +31,10 @@ def test_figures_are_written(grid: Path) -> None:
 def test_figures_need_results(tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="no test results to plot"):
         report.write_figures([], tmp_path)
+
+
+def test_figure_slug_keeps_the_existing_file_names() -> None:
+    assert report.figure_slug("mit-states") == "mit-states"
+    assert report.figure_slug("le+") == "le_"  # bench.constants.slug would give "le"
+    assert report.figure_slug("/data/my ds") == "_data_my_ds"
+    assert report.figure_slug("synthetic-tiny") == "synthetic-tiny"
