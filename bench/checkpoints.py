@@ -1,7 +1,7 @@
 """Resumable training: per-epoch checkpoints of everything an epoch loop needs to go on.
 
 A checkpoint holds, after a finished epoch: the method's trainable state, the optimiser
-state, every random generator the loop draws from (python, numpy, torch CPU and CUDA, and
+state (and the learning-rate scheduler's, if any), every random generator the loop draws from (python, numpy, torch CPU and CUDA, and
 named ``torch.Generator`` objects such as the shuffling and dropout generators), the best
 epoch so far with its state, the per-epoch metrics reported so far and a few loop values.
 Restoring all of it and continuing with the next epoch gives the same result as a run that
@@ -14,11 +14,11 @@ tensors, numbers, strings, lists and dicts, never pickled objects. Each carries 
 unreadable content is ignored with a note, and training starts from the newest good one or
 from scratch.
 
-Hooking an epoch loop in (see ``SoftPromptMethod.fit`` in ``bench.methods.common`` and
-``FeatureMethod.fit`` in ``bench.methods.visprod``)::
+Hooking an epoch loop in (see ``TrainableMethod.fit`` in ``bench.methods.training``)::
 
     checkpointer = EpochCheckpointer(ctx, method, optimizer,
-                                     generators={"shuffle": g, "dropout": g2}, tracker=tracker)
+                                     generators={"shuffle": g, "dropout": g2}, tracker=tracker,
+                                     scheduler=scheduler)
     # restore(): state, optimiser, RNGs, best epoch; saved epochs replayed to ctx.on_epoch_end
     start, loss = checkpointer.resume_point(log)
     for epoch in range(start, epochs + 1):
@@ -126,6 +126,7 @@ class TrainingCheckpoint:
         epoch: The last finished epoch (1-based).
         trainable: The method's ``trainable_state()`` after that epoch.
         optimizer: ``optimizer.state_dict()`` (None if the loop has no optimiser).
+        scheduler: The learning-rate scheduler's ``state_dict()`` (None without one).
         rng: ``capture_rng(...)`` after that epoch.
         best: ``{"epoch", "auc", "state"}`` of the best epoch so far (values may be None).
         history: ``[{"epoch": e, "metrics": {...}}, ...]`` reported so far, in order.
@@ -135,6 +136,7 @@ class TrainingCheckpoint:
     epoch: int
     trainable: dict[str, Any]
     optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
     rng: dict[str, Any] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -207,6 +209,8 @@ class CheckpointStore:
             "history": [dict(h) for h in checkpoint.history],
             "extra": dict(checkpoint.extra),
         }
+        if checkpoint.scheduler is not None:  # loops without one keep the original layout
+            payload["scheduler"] = _cpu(checkpoint.scheduler)
         path = self.path(checkpoint.epoch)
         with atomic_open(path, "wb") as handle:
             torch.save(payload, handle)
@@ -250,6 +254,7 @@ class CheckpointStore:
                 epoch=int(payload["epoch"]),
                 trainable=dict(payload["trainable"]),
                 optimizer=payload.get("optimizer"),
+                scheduler=payload.get("scheduler"),
                 rng=dict(payload["rng"]),
                 best=dict(payload.get("best") or {}),
                 history=list(payload.get("history") or []),
@@ -306,6 +311,7 @@ class EpochCheckpointer:
         optimizer: The optimiser (or None).
         generators: Named generators the loop draws from (besides the global RNGs).
         tracker: A best-epoch tracker with ``best_epoch``, ``best_auc`` and ``best_state``.
+        scheduler: The learning-rate scheduler (or None).
     """
 
     def __init__(
@@ -315,6 +321,7 @@ class EpochCheckpointer:
         optimizer: torch.optim.Optimizer | None = None,
         generators: Mapping[str, torch.Generator | None] | None = None,
         tracker: Any = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     ) -> None:
         extras = getattr(ctx, "extras", None) or {}
         key = extras.get("checkpoint_key") or default_checkpoint_key(
@@ -331,12 +338,13 @@ class EpochCheckpointer:
         self.optimizer = optimizer
         self.generators = dict(generators or {})
         self.tracker = tracker
+        self.scheduler = scheduler
         self.history: list[dict[str, Any]] = []
 
     def restore(self) -> TrainingCheckpoint | None:
         """Load the newest matching checkpoint into the loop, or return None.
 
-        The trainable state, optimiser, RNGs and best-epoch tracker are restored, and each
+        The trainable state, optimiser, scheduler, RNGs and best-epoch tracker are restored, and each
         saved epoch's metrics are passed to ``ctx.on_epoch_end`` again, in order, so callers
         that collect a history see every epoch.
 
@@ -355,6 +363,8 @@ class EpochCheckpointer:
             ) from None
         if self.optimizer is not None and checkpoint.optimizer is not None:
             self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.scheduler is not None and checkpoint.scheduler is not None:
+            self.scheduler.load_state_dict(checkpoint.scheduler)
         restore_rng(checkpoint.rng, self.generators)
         if self.tracker is not None and checkpoint.best:
             self.tracker.best_epoch = checkpoint.best.get("epoch")
@@ -429,6 +439,7 @@ class EpochCheckpointer:
                 epoch=epoch,
                 trainable=self.method.trainable_state(),
                 optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
+                scheduler=self.scheduler.state_dict() if self.scheduler is not None else None,
                 rng=capture_rng(self.generators),
                 best=best,
                 history=self.history,

@@ -633,7 +633,7 @@ class Runner:
             },
         }
         if "word_vectors" in hparams:
-            from bench.methods.visprod import choose_word_vectors
+            from bench.methods.wordemb import choose_word_vectors
 
             choice = choose_word_vectors(
                 cell.method, hparams, self.config.word_vectors, ctx.dataset, ctx.backbone

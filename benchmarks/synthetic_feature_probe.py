@@ -26,7 +26,7 @@ from tune_wordemb_synthetic import synthetic_context  # beside this script
 
 from bench.methods import FitContext, get_method_class
 from bench.methods.base import resolve_hparams
-from bench.methods.visprod import mlp, prepare_features
+from bench.methods.wordemb import mlp, prepare_features
 
 SEEDS = (0, 1, 2)
 

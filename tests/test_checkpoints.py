@@ -87,8 +87,8 @@ def _fit(
 @pytest.fixture(scope="module")
 def uninterrupted(prepared: Any) -> dict[str, Any]:
     out = {}
-    # coop shares csp's loop (SoftPromptMethod.fit); visprod and cge share compcos's
-    # (FeatureMethod.fit), whose dropout draws from the global torch RNG; le+ also draws
+    # every method trains with one loop (TrainableMethod.fit); compcos's dropout draws from
+    # the global torch RNG, csp's from its own generator; le+ also draws
     # negatives (aop: negatives and other attributes) from its own generator.
     for name in ("csp", "compcos", "le+", "aop"):
         method, log, history = _fit(prepared, name, None)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import FitContext, register_method
-from bench.methods.leplus import EmbeddingDistanceMethod, relu_mlp
+from bench.methods.base import FitContext
+from bench.methods.wordemb import EmbeddingDistanceMethod, relu_mlp
 
 
 def apply_operators(
@@ -79,7 +79,6 @@ class AoPModel(nn.Module):
         return apply_operators(self.attr_ops, pairs[:, 0], self.obj_embedder(pairs[:, 1]))
 
 
-@register_method("aop")
 class AttributesAsOperators(EmbeddingDistanceMethod):
     """Attributes as matrices acting on object vectors, trained with a triplet loss.
 
@@ -87,6 +86,8 @@ class AttributesAsOperators(EmbeddingDistanceMethod):
     ``batch_size``, ``margin``, ``lambda_aux``, ``lambda_inv``, ``lambda_comm``,
     ``train_word_vectors``, ``word_vectors``.
     """
+
+    name = "aop"
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)
@@ -122,7 +123,7 @@ class AttributesAsOperators(EmbeddingDistanceMethod):
     def _targets(self, ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
         return self._pair_targets(ctx, attr_idx, obj_idx)
 
-    def _generators(self) -> dict[str, torch.Generator]:
+    def training_generators(self) -> dict[str, torch.Generator]:
         return {"sampling": self._generator} if self._generator is not None else {}
 
     def _other_attribute(self, objs: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,8 @@ class AttributesAsOperators(EmbeddingDistanceMethod):
         fallback = (exclude + shift) % max(self._n_attrs, 1)
         return torch.where(choices > 0, from_table, fallback)
 
-    def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, ...], epoch: int) -> torch.Tensor:
+        features, targets = batch
         model = self.model
         assert isinstance(model, AoPModel) and self._train_pairs is not None
         hp = self.hparams

@@ -1,9 +1,10 @@
-"""The method interface and registry.
+"""The method interface and the hyperparameters of a method's card.
 
 A method fits on the training split (using the validation split only for model selection)
 and returns scores for image features x candidate pairs. It never computes metrics: the
 runner passes ``FitContext.validate``, which scores the validation split with the method and
-asks the evaluator for the closed-world AUC.
+asks the evaluator for the closed-world AUC. Methods are found by
+``bench.methods.registry``; the one training loop is ``bench.methods.training``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ class FitContext:
 
 
 class Method(abc.ABC):
-    """Base class of every CZSL method."""
+    """Base class of every CZSL method.
+
+    A concrete subclass that sets ``name`` in its own body, in a module of ``bench.methods``,
+    is a built-in method; its card is ``methods/<name>.toml``. Installed packages add methods
+    through entry points (see ``bench.methods.registry``).
+    """
 
     name: ClassVar[str]
     #: Whether ``fit`` trains anything (zero-shot methods do not).
@@ -92,42 +98,31 @@ class Method(abc.ABC):
             block_size: Rows per yielded block.
         """
 
+    @classmethod
+    def config_extras(
+        cls,
+        hparams: Mapping[str, Any],
+        *,
+        dataset: Any,
+        backbone: Any,
+        word_vectors_spec: str | None,
+    ) -> dict[str, Any]:
+        """Entries merged into a cell's configuration (and so into its hash); default none.
+
+        Args:
+            hparams: The cell's resolved hyperparameters.
+            dataset: The cell's dataset.
+            backbone: The run's backbone.
+            word_vectors_spec: The run's ``--word-vectors`` (None if not given).
+        """
+        return {}
+
     def trainable_state(self) -> dict[str, Any]:
         """Tensors that training changed (saved as artifacts and checkpoints)."""
         return {}
 
     def load_trainable_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what ``trainable_state`` returned (methods that train override it)."""
-
-
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator registering a method under ``name`` (must have a card in methods/)."""
-
-    def decorator(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method {name!r} registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
-def method_names() -> list[str]:
-    """Names of all registered methods, in registration order."""
-    _import_builtin_methods()
-    return list(_REGISTRY)
-
-
-def get_method_class(name: str) -> type[Method]:
-    """Return the registered class for ``name`` or raise a one-line BenchError."""
-    _import_builtin_methods()
-    if name not in _REGISTRY:
-        raise BenchError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
 
 
 def resolve_hparams(
@@ -166,6 +161,17 @@ def resolve_hparams(
     return resolved
 
 
+def method_hparams(method_name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's default table for ``method_name`` updated with ``hparams``.
+
+    Lets a method be built with partial hyperparameters (tests, library use) while the
+    card stays the single source of default values.
+    """
+    merged = resolve_hparams(method_name, "default")
+    merged.update({k: v for k, v in hparams.items() if v is not None})
+    return merged
+
+
 def _coerce_hparam(method_name: str, key: str, value: Any, default: Any) -> Any:
     """Convert ``value`` to the type of ``default`` (strings from the CLI, ints for floats)."""
     if isinstance(default, bool):
@@ -197,14 +203,3 @@ def _coerce_hparam(method_name: str, key: str, value: Any, default: Any) -> Any:
         f"hyperparameter {key!r} of method {method_name} must be a {type(default).__name__} "
         f"(like {default!r}), got {value!r}"
     )
-
-
-def _import_builtin_methods() -> None:
-    import importlib
-
-    for module in ("clip", "coop", "csp", "visprod", "compcos", "cge", "leplus", "aop"):
-        try:
-            importlib.import_module(f"bench.methods.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bench.methods.{module}":
-                raise

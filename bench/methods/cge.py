@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
-from bench.methods.base import FitContext, register_method
-from bench.methods.visprod import FeatureMethod, mlp
+from bench.methods.base import FitContext
+from bench.methods.wordemb import FeatureMethod, mlp
 
 GRAPHS = ("closed", "open")
 #: Candidate pairs whose hidden layer is computed at once when scoring.
@@ -163,7 +163,6 @@ class CGEModel(nn.Module):
         return torch.cat(outputs)
 
 
-@register_method("cge")
 class CGE(FeatureMethod):
     """Graph-convolved pair embeddings matched with image features by dot product.
 
@@ -171,6 +170,8 @@ class CGE(FeatureMethod):
     ``batch_size``, ``image_layers``, ``emb_dim``, ``hidden_dim``, ``dropout``,
     ``gcn_hidden``, ``gcn_dropout``, ``graph``, ``graph_memory_gb``, ``word_vectors``.
     """
+
+    name = "cge"
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)
@@ -216,7 +217,8 @@ class CGE(FeatureMethod):
     def _targets(self, ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
         return self._pair_targets(ctx, attr_idx, obj_idx)
 
-    def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, ...], epoch: int) -> torch.Tensor:
+        features, targets = batch
         model = self.model
         assert isinstance(model, CGEModel) and self.graph is not None
         _, nodes = model.propagate(self.graph)

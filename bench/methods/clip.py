@@ -7,11 +7,10 @@ from typing import Any
 import torch
 
 from bench.backbones import clean_name
-from bench.methods.base import FitContext, register_method
-from bench.methods.common import ClipFamilyMethod
+from bench.methods.base import FitContext
+from bench.methods.clip_family import ClipFamilyMethod
 
 
-@register_method("clip")
 class ClipZeroShot(ClipFamilyMethod):
     """Frozen CLIP with a hand-written prompt per (attribute, object) pair; trains nothing.
 
@@ -20,6 +19,7 @@ class ClipZeroShot(ClipFamilyMethod):
             lowercase, '.' and '_' become spaces).
     """
 
+    name = "clip"
     trains = False
 
     def _setup(self, ctx: FitContext) -> None:

@@ -27,14 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.evaluation.feasibility import feasibility_scores, seen_columns
-from bench.methods.base import FitContext, register_method
-from bench.methods.common import train_pair_labels
-from bench.methods.visprod import FeatureMethod, mlp
+from bench.methods.base import FitContext
+from bench.methods.training import train_pair_labels
+from bench.methods.wordemb import COMPOSE_CHUNK, FeatureMethod, mlp
 
 #: Logit given to unseen pairs in the first open-world epoch (czsl: -10 before scaling).
 _MASKED_COSINE = -10.0
-#: Pairs composed at once when scoring (bounds temporary memory).
-_COMPOSE_CHUNK = 1 << 16
 
 
 class CompCosModel(nn.Module):
@@ -78,7 +76,6 @@ class CompCosModel(nn.Module):
         return F.normalize(attr_part[pairs[:, 0]] + obj_part[pairs[:, 1]], dim=-1)
 
 
-@register_method("compcos")
 class CompCos(FeatureMethod):
     """Cosine classifier between an image embedding and composed word embeddings.
 
@@ -87,6 +84,8 @@ class CompCos(FeatureMethod):
     ``train_word_vectors``, ``open_world_training``, ``margin``, ``epoch_max_margin``,
     ``word_vectors``.
     """
+
+    name = "compcos"
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)
@@ -129,10 +128,13 @@ class CompCos(FeatureMethod):
         assert self._seen_pairs is not None
         return train_pair_labels(attr_idx, obj_idx, self._seen_pairs, name)[:, None]
 
-    def _start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int) -> None:
         """Open-world training: set the per-class cosine offset of this epoch."""
-        if not self.open_world_training:
-            return
+        if self.open_world_training:
+            self._set_offset(epoch)
+        super().start_epoch(epoch)
+
+    def _set_offset(self, epoch: int) -> None:
         assert self._seen_mask is not None and self._class_pairs is not None
         unseen = (~self._seen_mask).float()
         if epoch <= 1:
@@ -156,7 +158,8 @@ class CompCos(FeatureMethod):
             self._frozen_feasibility = scores
         return scores
 
-    def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, ...], epoch: int) -> torch.Tensor:
+        features, targets = batch
         model = self.model
         assert isinstance(model, CompCosModel) and self._class_pairs is not None
         cosine = model.embed_images(features) @ model.compose(self._class_pairs).t()
@@ -173,7 +176,7 @@ class CompCos(FeatureMethod):
     def _pair_side(self, pairs: torch.Tensor) -> torch.Tensor:
         model = self.model
         assert isinstance(model, CompCosModel)
-        chunks = [model.compose(part) for part in pairs.split(_COMPOSE_CHUNK)]
+        chunks = [model.compose(part) for part in pairs.split(COMPOSE_CHUNK)]
         if not chunks:
             return torch.zeros(0, model.projection.out_features, device=self.device)
         return torch.cat(chunks).t().contiguous()

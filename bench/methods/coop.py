@@ -14,19 +14,20 @@ from typing import Any
 import torch
 
 from bench.errors import BenchError
-from bench.methods.base import FitContext, register_method
-from bench.methods.common import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod
+from bench.methods.base import FitContext
+from bench.methods.clip_family import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod
 
 CONTEXT_INIT = "a photo of"
 
 
-@register_method("coop")
 class CoOp(SoftPromptMethod):
     """Learned prompt context shared by all pairs; attribute/object words stay frozen.
 
     Hyperparameters (see methods/coop.toml): ``epochs``, ``lr``, ``weight_decay``,
     ``batch_size``, ``gradient_accumulation_steps``, ``context_length``.
     """
+
+    name = "coop"
 
     def _setup(self, ctx: FitContext) -> None:
         backbone, dataset = self.backbone, self.dataset
@@ -50,7 +51,7 @@ class CoOp(SoftPromptMethod):
             ).to(backbone.device)
         self.context = torch.nn.Parameter(context.clone().to(backbone.device))
 
-    def _parameters(self) -> list[torch.nn.Parameter]:
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [self.context]
 
     def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
@@ -72,7 +73,7 @@ class CoOp(SoftPromptMethod):
             return {}
         return {"context": self.context.detach().cpu().clone()}
 
-    def _apply_state(self, state: Mapping[str, Any]) -> None:
+    def apply_trainable_state(self, state: Mapping[str, Any]) -> None:
         if "context" not in state:
             raise BenchError("saved CoOp state has no 'context'; it is not a CoOp artifact")
         saved = torch.as_tensor(state["context"])

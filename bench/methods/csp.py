@@ -15,17 +15,18 @@ from typing import Any
 import torch
 
 from bench.errors import BenchError
-from bench.methods.base import FitContext, register_method
-from bench.methods.common import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod, dropout
+from bench.methods.base import FitContext
+from bench.methods.clip_family import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod, dropout
 
 
-@register_method("csp")
 class CSP(SoftPromptMethod):
     """Compositional soft prompting: only the attribute/object vocabulary trains.
 
     Hyperparameters (see methods/csp.toml): ``epochs``, ``lr``, ``weight_decay``,
     ``attr_dropout``, ``batch_size``, ``gradient_accumulation_steps``, ``context_length``.
     """
+
+    name = "csp"
 
     def _setup(self, ctx: FitContext) -> None:
         backbone, dataset = self.backbone, self.dataset
@@ -40,7 +41,7 @@ class CSP(SoftPromptMethod):
             rows = [backbone.name_embedding(name).float() for name in self.attrs + self.objs]
         self.vocabulary = torch.nn.Parameter(torch.stack(rows).to(backbone.device))
 
-    def _parameters(self) -> list[torch.nn.Parameter]:
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [self.vocabulary]
 
     def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
@@ -67,7 +68,7 @@ class CSP(SoftPromptMethod):
             "objs": list(self.objs),
         }
 
-    def _apply_state(self, state: Mapping[str, Any]) -> None:
+    def apply_trainable_state(self, state: Mapping[str, Any]) -> None:
         dataset_name = getattr(self.dataset, "name", "?")
         if "vocabulary" not in state:
             raise BenchError("saved CSP state has no 'vocabulary'; it is not a CSP artifact")

@@ -19,22 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.methods.base import FitContext, register_method
-from bench.methods.visprod import FeatureMethod
-
-_COMPOSE_CHUNK = 1 << 16
-
-
-def relu_mlp(in_dim: int, out_dim: int, layers: int, hidden_dim: int) -> nn.Sequential:
-    """``layers`` Linear layers, each followed by ReLU (the czsl ``MLP`` with relu=True)."""
-    modules: list[nn.Module] = []
-    width = in_dim
-    for index in range(max(layers, 1)):
-        last = index == max(layers, 1) - 1
-        out = out_dim if last else hidden_dim
-        modules += [nn.Linear(width, out), nn.ReLU()]
-        width = out
-    return nn.Sequential(*modules)
+from bench.methods.base import FitContext
+from bench.methods.wordemb import EmbeddingDistanceMethod, relu_mlp
 
 
 class LEPlusModel(nn.Module):
@@ -62,32 +48,6 @@ class LEPlusModel(nn.Module):
         return self.compose_net(inputs)
 
 
-class EmbeddingDistanceMethod(FeatureMethod):
-    """Base of LE+ and AoP: a pair's score is minus the squared Euclidean distance between
-    ``model.image_embedder(x)`` and ``model.compose(pair)``.
-    """
-
-    def _pair_side(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model = self.model
-        assert model is not None
-        parts = [model.compose(part) for part in pairs.split(_COMPOSE_CHUNK)]
-        embeddings = torch.cat(parts) if parts else model.compose(pairs)
-        return embeddings.t().contiguous(), (embeddings**2).sum(dim=1)
-
-    def _block_scores(
-        self, features: torch.Tensor, pair_side: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
-        model = self.model
-        assert model is not None
-        pair_t, pair_sq = pair_side
-        images = model.image_embedder(features)
-        # -||x - p||^2 = 2 x.p - ||p||^2 - ||x||^2
-        scores = images @ pair_t
-        scores.mul_(2.0).sub_(pair_sq[None, :]).sub_((images**2).sum(dim=1, keepdim=True))
-        return scores
-
-
-@register_method("le+")
 class LEPlus(EmbeddingDistanceMethod):
     """Triplet-trained joint embedding of images and composed word vectors.
 
@@ -95,6 +55,8 @@ class LEPlus(EmbeddingDistanceMethod):
     ``batch_size``, ``emb_dim``, ``compose_layers``, ``margin``, ``train_word_vectors``,
     ``word_vectors``.
     """
+
+    name = "le+"
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)
@@ -112,10 +74,11 @@ class LEPlus(EmbeddingDistanceMethod):
     def _targets(self, ctx: FitContext, attr_idx: np.ndarray, obj_idx: np.ndarray) -> torch.Tensor:
         return self._pair_targets(ctx, attr_idx, obj_idx)
 
-    def _generators(self) -> dict[str, torch.Generator]:
+    def training_generators(self) -> dict[str, torch.Generator]:
         return {"negatives": self._generator} if self._generator is not None else {}
 
-    def _loss(self, features: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
+    def training_loss(self, batch: tuple[torch.Tensor, ...], epoch: int) -> torch.Tensor:
+        features, targets = batch
         model = self.model
         assert isinstance(model, LEPlusModel) and self._train_pairs is not None
         labels = targets[:, 0]

@@ -315,12 +315,12 @@ def test_paper_augmentation_reencodes_images(tmp_path: Path) -> None:
 
 
 def test_checkpointed_training_matches_plain(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bench.methods.common as common
+    import bench.methods.clip_family as clip_family
 
     dataset = make_dataset()
     vocabularies = []
-    for limit in (common.CHECKPOINT_TOKENS, 2 * 77):  # 5 train pairs: plain, then chunks of 2
-        monkeypatch.setattr(common, "CHECKPOINT_TOKENS", limit)
+    for limit in (clip_family.CHECKPOINT_TOKENS, 2 * 77):  # 5 train pairs: plain, chunks of 2
+        monkeypatch.setattr(clip_family, "CHECKPOINT_TOKENS", limit)
         method = make_method("csp", epochs=1, attr_dropout=0.3)
         method.fit(make_ctx(dataset, method.hparams))
         vocabularies.append(method.trainable_state()["vocabulary"])

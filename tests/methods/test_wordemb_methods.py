@@ -8,7 +8,6 @@ images of u_a and v_o, so a method that composes word vectors can score unseen p
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,6 @@ from bench.evaluation import evaluate_scores
 from bench.features import FeatureSet
 from bench.methods import FitContext, get_method_class, method_names
 from bench.methods.base import resolve_hparams
-
-# registers "le+" (until bench.methods.base imports it with the built-in methods)
-importlib.import_module("bench.methods.leplus")
 
 METHODS = ("visprod", "compcos", "cge", "le+", "aop")
 #: 8 attrs x 7 objs, 24 train pairs, unseen val/test pairs (names are real words).
@@ -150,10 +146,13 @@ def test_registered_with_cards() -> None:
         cls = get_method_class(name)
         assert cls.trains and not cls.needs_text_encoder
         card = load_card("methods", name)
-        for key in ("name", "title", "citation", "paper_url", "trains", "description"):
-            assert card[key] is not None, (name, key)
+        assert card["name"] == name and card["trains"] is True
+        for key in ("title", "citation", "description"):
+            assert isinstance(card[key], str) and card[key].strip(), (name, key)
+        assert card["paper_url"].startswith("https://"), name
         for table in ("default", "mit-states", "ut-zappos", "cgqa", "synthetic"):
-            assert table in card["hparams"], (name, table)
+            assert isinstance(card["hparams"][table], dict), (name, table)
+        assert {"epochs", "lr", "weight_decay", "batch_size"} <= set(card["hparams"]["default"])
     for name in ("compcos", "cge", "le+", "aop"):
         assert load_card("methods", name)["default_word_vectors"] == ["glove50", "backbone"]
 
@@ -226,13 +225,13 @@ def test_seeded_and_state_roundtrip(name: str) -> None:
 
 
 def test_score_blocks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.methods import visprod
+    from bench.methods import scoring
 
     method, _, _ = fitted("visprod")
     feats = toy_problem()[0]["test"].features
     pairs = toy_dataset().candidate_pairs("open")
     full = dense(method, feats, pairs)
-    monkeypatch.setattr(visprod, "MAX_BLOCK_ELEMENTS", 5 * len(pairs))
+    monkeypatch.setattr(scoring, "MAX_BLOCK_ELEMENTS", 5 * len(pairs))
     blocks = list(method.score(feats, pairs, block_size=64))
     assert {b.shape[0] for b in blocks[:-1]} == {5}
     np.testing.assert_allclose(np.concatenate(blocks), full, rtol=1e-6)

@@ -1,17 +1,15 @@
 """Shared machinery of the CLIP-family methods (clip, coop, csp).
 
-Seeding, batching, prompt templates, blockwise scoring, best-epoch tracking and the one
-training loop that coop and csp share (cached features or re-encoded augmented images).
+Prompt templates, blockwise ``logit_scale * cosine`` scoring, the training batches of the
+soft-prompt methods (cached features or re-encoded augmented images) and their loss; the
+epoch loop itself is ``bench.methods.training``.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import copy
-import hashlib
-import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,44 +19,23 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from bench.checkpoints import EpochCheckpointer
+from bench.constants import AUGMENT_CHOICES
 from bench.device import autocast
 from bench.errors import BenchError
-from bench.methods.base import MAX_BLOCK_ELEMENTS, FitContext, Method, resolve_hparams
+from bench.methods.base import FitContext, Method, method_hparams
+from bench.methods.scoring import CandidateCache, as_pair_tensor, block_rows
+from bench.methods.training import TrainableMethod, shuffled_batches, train_pair_labels
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
 
 #: Pairs encoded per text-encoder call when scoring (does not change results).
 TEXT_BATCH_SIZE = 1024
-#: Score blocks cached per method instance (closed + open world candidate sets).
-_CACHE_ENTRIES = 2
 #: The prompt template of CSP and CoOp: the two ``x`` are replaced by attribute and object.
 SOFT_TEMPLATE = "a photo of x x"
-AUGMENT_MODES = ("none", "paper")
 #: Above this many prompt tokens per step, training encodes the training pairs' prompts in
 #: chunks under activation checkpointing (e.g. C-GQA's 5,592 pairs at 77 tokens).
 CHECKPOINT_TOKENS = 1 << 16
-
-
-# --------------------------------------------------------------------------- seeding
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch from ``seed``; return a CPU generator for shuffling.
-
-    Args:
-        seed: The run seed.
-
-    Returns:
-        A ``torch.Generator`` on the CPU seeded with ``seed``.
-    """
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
 
 
 def device_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -87,20 +64,6 @@ def dropout(x: torch.Tensor, p: float, generator: torch.Generator | None) -> tor
     return x * keep / (1.0 - p)
 
 
-# --------------------------------------------------------------------------- hparams
-
-
-def method_hparams(method_name: str, hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """The card's default table for ``method_name`` updated with ``hparams``.
-
-    Lets a method be built with partial hyperparameters (tests, library use) while the
-    card stays the single source of default values.
-    """
-    merged = resolve_hparams(method_name, "default")
-    merged.update({k: v for k, v in hparams.items() if v is not None})
-    return merged
-
-
 # --------------------------------------------------------------------------- tensors
 
 
@@ -112,20 +75,6 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 def autocast_context(backbone: Backbone) -> contextlib.AbstractContextManager[Any]:
     """Autocast to the backbone's mixed-precision dtype on CUDA; a no-op on the CPU."""
     return autocast(backbone.device, backbone.autocast_dtype)
-
-
-def pairs_digest(pairs: np.ndarray) -> str:
-    """A short content hash of a (P, 2) pair array (cache key)."""
-    array = np.ascontiguousarray(np.asarray(pairs, dtype=np.int64))
-    return hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()
-
-
-def as_pair_tensor(pairs: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """(P, 2) int64 tensor on ``device``; raises BenchError on a malformed array."""
-    tensor = torch.as_tensor(np.asarray(pairs), dtype=torch.long, device=device)
-    if tensor.ndim != 2 or tensor.shape[1] != 2:
-        raise BenchError(f"candidate pairs must have shape (P, 2), got {tuple(tensor.shape)}")
-    return tensor
 
 
 def score_blocks(
@@ -141,18 +90,16 @@ def score_blocks(
         text_features: (P, D) unit-norm float32 text features (their device is used).
         logit_scale: The fixed CLIP temperature (already exponentiated).
         block_size: Image rows per yielded block (fewer when a block would exceed
-            ``MAX_BLOCK_ELEMENTS`` scores).
+            ``MAX_BLOCK_ELEMENTS`` scores, see ``block_rows``).
 
     Yields:
         Arrays of shape (n_i, P), float32, in image order.
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    rows = block_rows(block_size, text_features.shape[0])
     device = text_features.device
     text_t = text_features.t()
-    block_size = max(1, min(block_size, MAX_BLOCK_ELEMENTS // max(text_features.shape[0], 1)))
-    for start in range(0, image_features.shape[0], block_size):
-        block = normalize(image_features[start : start + block_size].to(device))
+    for start in range(0, image_features.shape[0], rows):
+        block = normalize(image_features[start : start + rows].to(device))
         yield (logit_scale * (block @ text_t)).float().cpu().numpy()
 
 
@@ -213,65 +160,7 @@ def _truncation_is_exact(backbone: Backbone, full: PromptTemplate, short: Prompt
     return bool((a - b).norm() <= tolerance * a.norm())
 
 
-# --------------------------------------------------------------------------- selection
-
-
-class BestEpochTracker:
-    """Keeps a copy of the trainable state of the epoch with the strictly best val AUC."""
-
-    def __init__(self) -> None:
-        self.best_epoch: int | None = None
-        self.best_auc: float | None = None
-        self.best_state: dict[str, Any] | None = None
-
-    def update(self, epoch: int, auc: float, state: Mapping[str, Any]) -> bool:
-        """Record ``epoch`` if ``auc`` beats every earlier epoch (NaN never does).
-
-        Returns:
-            True if this epoch is the new best.
-        """
-        if auc != auc:  # NaN
-            return False
-        if self.best_auc is not None and not auc > self.best_auc:
-            return False
-        self.best_epoch, self.best_auc = epoch, float(auc)
-        self.best_state = clone_state(state)
-        return True
-
-
-def clone_state(state: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep copy of a trainable state; tensors are detached CPU clones."""
-    return {
-        key: value.detach().cpu().clone() if torch.is_tensor(value) else copy.deepcopy(value)
-        for key, value in state.items()
-    }
-
-
 # --------------------------------------------------------------------------- training data
-
-
-def train_pair_labels(
-    attr_ids: Sequence[int] | np.ndarray,
-    obj_ids: Sequence[int] | np.ndarray,
-    train_pairs: np.ndarray,
-    dataset_name: str,
-) -> torch.Tensor:
-    """Index of each image's (attr, obj) pair among ``train_pairs``.
-
-    Raises:
-        BenchError: If an image's pair is not a training pair.
-    """
-    index = {(int(a), int(o)): i for i, (a, o) in enumerate(np.asarray(train_pairs))}
-    labels = []
-    for a, o in zip(np.asarray(attr_ids), np.asarray(obj_ids), strict=True):
-        label = index.get((int(a), int(o)))
-        if label is None:
-            raise BenchError(
-                f"dataset {dataset_name}: a training image has pair ({int(a)}, {int(o)}) "
-                "that is not among the training pairs; rebuild the dataset split files"
-            )
-        labels.append(label)
-    return torch.tensor(labels, dtype=torch.long)
 
 
 class _AugmentedImages(torch.utils.data.Dataset):
@@ -327,20 +216,14 @@ class TrainingBatches:
             self.images = _AugmentedImages(paths, labels, backbone.train_transform)
             self.size = len(samples)
         else:
-            raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_MODES}")
+            raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_CHOICES}")
         if self.size == 0:
             raise BenchError(f"dataset {name} has no training images")
-
-    def num_batches(self) -> int:
-        """Batches per epoch (the last one may be smaller)."""
-        return -(-self.size // self.batch_size)
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield shuffled (features (b, D) unit-norm float32, labels (b,)) on the device."""
         if self.augment == "none":
-            order = torch.randperm(self.size, generator=generator).to(self.device)
-            for index in order.split(self.batch_size):
-                yield self.features[index], self.labels[index]
+            yield from shuffled_batches(generator, self.batch_size, self.features, self.labels)
             return
         workers = 0 if self.device.type == "cpu" else min(8, torch.get_num_threads())
         loader = torch.utils.data.DataLoader(
@@ -374,8 +257,7 @@ class ClipFamilyMethod(Method):
         self.backbone: Backbone | None = None
         self.dataset: Any = None
         self.text_batch_size = TEXT_BATCH_SIZE
-        self._version = 0
-        self._text_cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.text_cache = CandidateCache()
 
     # -- setup
     def prepare(self, ctx: FitContext) -> None:
@@ -389,7 +271,7 @@ class ClipFamilyMethod(Method):
         if self.backbone is ctx.backbone and self.dataset is ctx.dataset:
             return
         self.backbone, self.dataset = ctx.backbone, ctx.dataset
-        self._invalidate()
+        self.invalidate()
         self._setup(ctx)
 
     @abc.abstractmethod
@@ -400,10 +282,9 @@ class ClipFamilyMethod(Method):
     def _text_features(self, pairs: torch.Tensor, train: bool) -> torch.Tensor:
         """(P, D) text features (not normalised) of a batch of (attr, obj) id pairs."""
 
-    def _invalidate(self) -> None:
-        """Mark the trainable state as changed (drops cached text features)."""
-        self._version += 1
-        self._text_cache.clear()
+    def invalidate(self) -> None:
+        """Mark the prompts as changed (drops cached text features)."""
+        self.text_cache.invalidate()
 
     def _require_setup(self) -> Backbone:
         if self.backbone is None:
@@ -428,13 +309,7 @@ class ClipFamilyMethod(Method):
     ) -> Iterator[np.ndarray]:
         """Yield float32 ``logit_scale * cosine`` blocks (n_i, P) in image order."""
         backbone = self._require_setup()
-        key = (pairs_digest(pairs), self._version)
-        text = self._text_cache.get(key)
-        if text is None:
-            text = self.pair_text_features(pairs)
-            while len(self._text_cache) >= _CACHE_ENTRIES:
-                self._text_cache.pop(next(iter(self._text_cache)))
-            self._text_cache[key] = text
+        text = self.text_cache.get(pairs, lambda: self.pair_text_features(pairs))
         yield from score_blocks(
             torch.as_tensor(image_features), text, float(backbone.logit_scale), block_size
         )
@@ -444,30 +319,27 @@ class ClipFamilyMethod(Method):
         return self._require_setup().spec.raw
 
 
-class SoftPromptMethod(ClipFamilyMethod):
+class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
     """A CLIP-family method that trains prompt tensors with the CSP recipe.
 
-    The training loop (shared by coop and csp) follows the official CSP ``train.py``:
-    cross-entropy of ``logit_scale * cosine`` over the training pairs, ``torch.optim.Adam``
-    with L2 ``weight_decay``, no schedule, gradient accumulation (loss divided by the
-    number of steps; a step also at the end of each epoch), and, in addition, selection of
-    the epoch with the best closed-world val AUC.
+    Trained by the shared loop (``bench.methods.training``) as the official CSP
+    ``train.py`` does: cross-entropy of ``logit_scale * cosine`` over the training pairs,
+    ``torch.optim.Adam`` with L2 ``weight_decay``, no schedule, gradient accumulation (loss
+    divided by the number of steps; a step also at the end of each epoch), and, in addition,
+    selection of the epoch with the best closed-world val AUC. Images come from the cached
+    features (``augment="none"``) or are re-encoded with augmentation (``"paper"``).
+    Subclasses give the trainable tensors (``trainable_parameters``,
+    ``trainable_state``/``apply_trainable_state``) and how prompts use them.
     """
 
+    augment_modes = AUGMENT_CHOICES
     template: PromptTemplate
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)
-        self._pending_state: Mapping[str, Any] | None = None
         self._dropout_generator: torch.Generator | None = None
-
-    @abc.abstractmethod
-    def _parameters(self) -> list[torch.nn.Parameter]:
-        """The trainable tensors."""
-
-    @abc.abstractmethod
-    def _apply_state(self, state: Mapping[str, Any]) -> None:
-        """Validate ``state`` against the current setup and copy it in."""
+        self._batches: TrainingBatches | None = None
+        self._train_pairs: torch.Tensor | None = None
 
     @abc.abstractmethod
     def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
@@ -499,93 +371,39 @@ class SoftPromptMethod(ClipFamilyMethod):
             ]
         )
 
-    def load_trainable_state(self, state: Mapping[str, Any]) -> None:
-        """Restore a saved state; before setup it is kept and applied by ``prepare``/``fit``."""
-        if self.backbone is None:
-            self._pending_state = clone_state(state)
-            return
-        self._apply_state(state)
-        self._invalidate()
+    def is_prepared(self) -> bool:
+        """Whether the prompts are built (``prepare`` bound a backbone)."""
+        return self.backbone is not None
 
     def prepare(self, ctx: FitContext) -> None:
         """Bind dataset and backbone, build prompts, then apply any state loaded earlier."""
         super().prepare(ctx)
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.load_trainable_state(state)
+        self.apply_pending_state()
 
-    def fit(self, ctx: FitContext) -> dict[str, Any]:
-        """Train the prompt tensors; keep the epoch with the best val AUC.
-
-        With ``ctx.checkpoint_dir`` set, every epoch ends with a checkpoint of the whole loop
-        (``bench.checkpoints``); a later fit with the same folder and checkpoint key resumes
-        after the last finished epoch and reaches the same result (bit-identical on the CPU).
-
-        Returns:
-            ``best_epoch`` (1-based, 0 if nothing trained), ``epochs_run``,
-            ``best_val_auc``, ``final_loss`` (mean cross-entropy of the last epoch),
-            ``augment`` (the image path used: "none" = cached features, "paper") and, when
-            it resumed, ``resumed_from_epoch``.
-        """
-        if ctx.augment not in AUGMENT_MODES:
-            raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_MODES}")
-        self.prepare(ctx)
+    def start_training(self, ctx: FitContext) -> None:
+        """The training batches, the training pairs and the dropout generator."""
         backbone = self._require_setup()
-        hp = self.hparams
-        epochs = int(hp["epochs"])
-        if epochs < 0:
-            raise BenchError(f"epochs must be >= 0, got {epochs}")
-        generator = seed_everything(ctx.seed)
-        log: dict[str, Any] = {
-            "best_epoch": 0,
-            "epochs_run": 0,
-            "best_val_auc": None,
-            "final_loss": None,
-            "augment": ctx.augment,
-        }
-        if epochs == 0:
-            return log
-
-        accumulation = max(1, int(hp.get("gradient_accumulation_steps", 1)))
-        train_pairs_np = np.asarray(ctx.dataset.seen_pairs_ids(), dtype=np.int64)
-        batches = TrainingBatches(ctx, train_pairs_np, int(hp["batch_size"]))
-        train_pairs = torch.as_tensor(train_pairs_np, device=backbone.device)
-        params = self._parameters()
-        optimizer = torch.optim.Adam(
-            params, lr=float(hp["lr"]), weight_decay=float(hp.get("weight_decay", 0.0))
-        )
+        train_pairs = np.asarray(ctx.dataset.seen_pairs_ids(), dtype=np.int64)
+        self._batches = TrainingBatches(ctx, train_pairs, int(self.hparams["batch_size"]))
+        self._train_pairs = torch.as_tensor(train_pairs, device=backbone.device)
         self._dropout_generator = device_generator(ctx.seed, backbone.device)
-        logit_scale = float(backbone.logit_scale)
-        tracker = BestEpochTracker()
-        n_batches = batches.num_batches()
-        # Resume after the last finished epoch of an interrupted fit (same key = same cell).
-        checkpointer = EpochCheckpointer(
-            ctx,
-            self,
-            optimizer,
-            {"shuffle": generator, "dropout": self._dropout_generator},
-            tracker,
-        )
-        first_epoch, epoch_loss = checkpointer.resume_point(log)
 
-        for epoch in range(first_epoch, epochs + 1):
-            losses: list[float] = []
-            optimizer.zero_grad(set_to_none=True)
-            for step, (feats, labels) in enumerate(batches.epoch(generator)):
-                with autocast_context(backbone):
-                    text = self._training_text_features(train_pairs)
-                logits = logit_scale * feats @ text.t()
-                loss = F.cross_entropy(logits, labels)
-                (loss / accumulation).backward()
-                losses.append(float(loss.detach()))
-                if (step + 1) % accumulation == 0 or step + 1 == n_batches:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    self._invalidate()
-            epoch_loss = checkpointer.end_epoch(epoch, losses)
+    def training_generators(self) -> dict[str, torch.Generator]:
+        """The dropout masks' generator."""
+        generator = self._dropout_generator
+        return {"dropout": generator} if generator is not None else {}
 
-        if tracker.best_state is not None:
-            self._apply_state(tracker.best_state)
-            self._invalidate()
-        log.update(checkpointer.fit_summary(epochs, epoch_loss))
-        return log
+    def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(unit-norm image features, train-pair labels) batches (see ``TrainingBatches``)."""
+        assert self._batches is not None
+        return self._batches.epoch(generator)
+
+    def training_loss(self, batch: tuple[torch.Tensor, ...], epoch: int) -> torch.Tensor:
+        """Cross-entropy of ``logit_scale * cosine`` over all training pairs."""
+        backbone = self._require_setup()
+        assert self._train_pairs is not None
+        feats, labels = batch
+        with autocast_context(backbone):
+            text = self._training_text_features(self._train_pairs)
+        logits = float(backbone.logit_scale) * feats @ text.t()
+        return F.cross_entropy(logits, labels)
