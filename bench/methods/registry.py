@@ -20,6 +20,7 @@ import importlib
 import inspect
 import math
 import pkgutil
+from pathlib import Path
 
 from bench.cards import load_card, method_plugins
 from bench.errors import BenchError
@@ -39,10 +40,8 @@ def _declares_method(value: object, module_name: str) -> bool:
 
 @functools.cache
 def _builtin_methods() -> dict[str, type[Method]]:
-    import bench.methods as package
-
     found: dict[str, type[Method]] = {}
-    for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)], f"{__package__}."):
         module = importlib.import_module(info.name)
         for value in vars(module).values():
             if _declares_method(value, module.__name__):

@@ -207,6 +207,7 @@ def _bench_python(site: Path, code: str, *args: str) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.slow  # pip install and a `bench run` subprocess
 def test_installed_plugin_runs_with_bench_run(tiny_root: Path, tmp_path: Path) -> None:
     site = _install_plugin(tmp_path)
     results = tmp_path / "results"
