@@ -314,7 +314,7 @@ def _attention(attn: nn.Module, h: torch.Tensor, tree: PrefixTree) -> torch.Tens
         q = attn.ln_q(q.reshape(nodes, heads, head_dim)).reshape(nodes, width)
         k = attn.ln_k(kv[:, :width].reshape(nodes, heads, head_dim)).reshape(nodes, width)
         kv = torch.cat([k, kv[:, width:]], dim=1)
-    k, v = kv[:, :width], kv[:, width:]
+    k, v = kv.reshape(nodes, 2, width).unbind(1)
     n_shared, n_branch = len(tree.shared), tree.branch.shape[1]
     # Shared ancestors: one block-diagonal (width, heads * S) matrix per layer, so their
     # scores and values are plain matrix products over all nodes.
