@@ -21,14 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bench.backbones.backbone import find_text_tower
+from bench.backbones import find_text_tower
+
+if TYPE_CHECKING:
+    from bench.backbones.openclip import TextTower
 
 
 @dataclass(frozen=True)
@@ -215,8 +218,8 @@ def encode_prompts(
     """Encode prompts through the text tower of ``model``, once per shared prefix.
 
     Equals open_clip's ``encode_text`` on ``prompts.embeddings()`` (what
-    ``Backbone.encode_text_embeddings`` computes), features and gradients of ``prompts.rows``.
-    Runs under the caller's autocast/no_grad like the full encoder.
+    ``OpenClipBackbone.encode_text_embeddings`` computes), in its features and in the
+    gradients of ``prompts.rows``. Runs under the caller's autocast/no_grad.
 
     Args:
         model: An open_clip model whose text tower ``find_text_tower`` accepts, with a causal
@@ -267,7 +270,7 @@ def encode_tree(
 _TREE_FIELDS = ("node_rows", "node_depths", "shared", "branch", "attention_bias", "outputs")
 
 
-def _require_tower(model: nn.Module) -> Any:
+def _require_tower(model: nn.Module) -> TextTower:
     tower = find_text_tower(model)
     if tower is None:
         raise ValueError(f"{type(model).__name__} has no token-level open_clip text tower")

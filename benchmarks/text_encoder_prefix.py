@@ -5,7 +5,7 @@ A random open_clip ViT-B-32 text tower on the CPU encodes CSP's training prompts
 (1,262 pairs over 115 attributes and 245 objects) and C-GQA scale (5,592 pairs over 413
 attributes and 674 objects), as one CSP training step does: encode, cross-entropy against a
 batch of image features, backward to the vocabulary. Reports the median step time of the
-full encoder (``Backbone.encode_text_embeddings``) and of ``bench.prefix_text``, their ratio
+full encoder (the backbone's ``encode_text_embeddings``) and of ``bench.prefix_text``, their ratio
 (``speedup``, goal >= 3 on 2 cores) and the largest feature difference (``max_abs_diff``).
 
 Usage: python benchmarks/text_encoder_prefix.py [--out FILE]
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import Backbone, load_backbone
+from bench.backbones import load_backbone
+from bench.backbones.openclip import OpenClipBackbone
 from bench.io import atomic_write_json
 from bench.prefix_text import (
     PrefixTree,
@@ -47,7 +48,7 @@ IMAGE_BATCH = 128
 
 
 def csp_prompts(
-    backbone: Backbone, vocabulary: torch.Tensor, pairs: torch.Tensor, n_attrs: int
+    backbone: OpenClipBackbone, vocabulary: torch.Tensor, pairs: torch.Tensor, n_attrs: int
 ) -> PromptRows:
     """CSP's training prompts: the template with the pair's vocabulary rows before EOT."""
     tokens = backbone.tokenizer(["a photo of x x"])[:, :CONTEXT_LENGTH]
@@ -85,7 +86,7 @@ def time_step(
 
 
 def run_scale(
-    backbone: Backbone, attrs: int, objs: int, pairs: int, repeats: dict[str, int]
+    backbone: OpenClipBackbone, attrs: int, objs: int, pairs: int, repeats: dict[str, int]
 ) -> dict:
     """Time the full and the prefix encoder on CSP prompts of one dataset scale."""
     generator = torch.Generator().manual_seed(0)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
-from bench.backbones import Backbone, load_backbone
-from bench.backbones.backbone import find_text_tower
+from bench.backbones import find_text_tower, load_backbone
+from bench.backbones.openclip import OpenClipBackbone
 from bench.prefix_text import (
     PrefixTree,
     PromptRows,
@@ -28,7 +28,7 @@ PAIRS = torch.tensor([(a, o) for a in range(len(ATTRS)) for o in range(len(OBJS)
 
 
 @pytest.fixture(scope="module")
-def tiny() -> Backbone:
+def tiny() -> OpenClipBackbone:
     return load_backbone("tiny-random", device="cpu")
 
 
@@ -58,11 +58,11 @@ def _assert_prefix_equals_full(full, model, prompts_fn, leaves) -> None:
         torch.testing.assert_close(mine, theirs, atol=1e-5 * max(1.0, scale), rtol=1e-5)
 
 
-def _backbone_full(backbone: Backbone):
+def _backbone_full(backbone: OpenClipBackbone):
     return lambda p: backbone.encode_text_embeddings(p.embeddings(), p.tokens)
 
 
-def _template(backbone: Backbone, length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _template(backbone: OpenClipBackbone, length: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     tokens = backbone.tokenizer(["a photo of x x"])[:, :length]
     with torch.no_grad():
         embeddings = backbone.token_embeddings(tokens).float()
@@ -76,7 +76,7 @@ def _rows(n: int, width: int, seed: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- CSP / CoOp / CLIP
 @pytest.mark.parametrize("length", [8, 77], ids=["context-8", "context-77-padded"])
-def test_csp_prompts_match_full(tiny: Backbone, length: int) -> None:
+def test_csp_prompts_match_full(tiny: OpenClipBackbone, length: int) -> None:
     tokens, embeddings, eot = _template(tiny, length)
     vocabulary = _rows(len(ATTRS) + len(OBJS), tiny.width, seed=0)
     keep = torch.rand(vocabulary.shape, generator=torch.Generator().manual_seed(1)) >= 0.3
@@ -95,7 +95,7 @@ def test_csp_prompts_match_full(tiny: Backbone, length: int) -> None:
     _assert_prefix_equals_full(_backbone_full(tiny), tiny.model, prompts, [vocabulary])
 
 
-def test_coop_prompts_match_full(tiny: Backbone) -> None:
+def test_coop_prompts_match_full(tiny: OpenClipBackbone) -> None:
     tokens, embeddings, eot = _template(tiny, 8)
     context = _rows(3, tiny.width, seed=4)
     with torch.no_grad():
@@ -117,7 +117,7 @@ def test_coop_prompts_match_full(tiny: Backbone) -> None:
     _assert_prefix_equals_full(_backbone_full(tiny), tiny.model, prompts, [context])
 
 
-def test_hard_prompts_with_names_of_different_lengths_match_full(tiny: Backbone) -> None:
+def test_hard_prompts_with_names_of_different_lengths_match_full(tiny: OpenClipBackbone) -> None:
     texts = [f"a photo of {a} {o}" for a, o in PAIRS.tolist() for a, o in [(ATTRS[a], OBJS[o])]]
     tokens = tiny.tokenizer(texts)
     assert tokens.shape[1] == 77 and len(set(tokens.argmax(-1).tolist())) > 2
@@ -134,7 +134,7 @@ def test_hard_prompts_with_names_of_different_lengths_match_full(tiny: Backbone)
 
 
 # ---------------------------------------------------------------------------- the tree
-def test_tree_shares_prefix_and_attribute_positions(tiny: Backbone) -> None:
+def test_tree_shares_prefix_and_attribute_positions(tiny: OpenClipBackbone) -> None:
     tokens, embeddings, eot = _template(tiny, 8)
     vocabulary = _rows(len(ATTRS) + len(OBJS), tiny.width, seed=0)
     prompts = fill_template(
@@ -159,14 +159,14 @@ def test_tree_shares_prefix_and_attribute_positions(tiny: Backbone) -> None:
     )
 
 
-def test_identical_prompts_share_every_node(tiny: Backbone) -> None:
+def test_identical_prompts_share_every_node(tiny: OpenClipBackbone) -> None:
     tokens = tiny.tokenizer(["a photo of a dog"] * 3 + ["a photo"])
     tree = PrefixTree.build(tokens, pool_positions(tiny.model, tokens))
     assert tree.outputs[:3].unique().numel() == 1
     assert len(tree.node_rows) == int(tokens[0].argmax()) + 1 + 1  # + EOT after "a photo"
 
 
-def test_output_positions_can_be_chosen(tiny: Backbone) -> None:
+def test_output_positions_can_be_chosen(tiny: OpenClipBackbone) -> None:
     tokens = tiny.tokenizer(["a photo of a dog", "a cat"])
     prompts = token_prompts(tiny.model, tokens)
     with torch.no_grad():
@@ -179,7 +179,7 @@ def test_output_positions_can_be_chosen(tiny: Backbone) -> None:
     torch.testing.assert_close(got, reference, **TOLERANCE)
 
 
-def test_checkpointed_layers_give_the_same_features_and_gradients(tiny: Backbone) -> None:
+def test_checkpointed_layers_give_the_same_features_and_gradients(tiny: OpenClipBackbone) -> None:
     tokens = tiny.tokenizer(["a photo of red circle", "a photo of wet traffic light"])
     table = tiny.model.token_embedding.weight.detach().clone().requires_grad_(True)
     prompts = PromptRows(tokens, table, tokens)
@@ -191,7 +191,7 @@ def test_checkpointed_layers_give_the_same_features_and_gradients(tiny: Backbone
     torch.testing.assert_close(saved_grad, plain_grad, **TOLERANCE)
 
 
-def test_autocast_bfloat16_stays_close_to_the_full_encoder(tiny: Backbone) -> None:
+def test_autocast_bfloat16_stays_close_to_the_full_encoder(tiny: OpenClipBackbone) -> None:
     tokens = tiny.tokenizer([f"a photo of {a} {o}" for a in ATTRS for o in OBJS])
     prompts = token_prompts(tiny.model, tokens)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
