@@ -25,10 +25,11 @@ from rich.console import Console
 
 from bench.backbones import load_backbone
 from bench.data.registry import open_dataset
+from bench.executors.local import run_local
 from bench.features import extract_features
 from bench.methods import FitContext, get_method_class
 from bench.methods.base import resolve_hparams
-from bench.runner import RunConfig, Runner
+from bench.pipeline.config import RunConfig
 
 DEVICE = "cuda"
 
@@ -64,9 +65,9 @@ def check_tiny_random(scratch: Path) -> dict:
         log_mlflow=False,
     )
     start = time.perf_counter()
-    outcomes = Runner(config, console=quiet).run()
+    outcomes = run_local(config, console=quiet)
     grid_s = time.perf_counter() - start
-    zero = Runner(
+    zero = run_local(
         RunConfig(
             **{
                 **config.__dict__,
@@ -76,7 +77,7 @@ def check_tiny_random(scratch: Path) -> dict:
             }
         ),
         console=quiet,
-    ).run()
+    )
     by_method = {o.cell.method: o.result["metrics"]["test"]["cw"] for o in zero}
     return {
         "device_name": torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else "cpu",

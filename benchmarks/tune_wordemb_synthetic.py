@@ -33,7 +33,10 @@ import numpy as np
 
 from bench.methods import FitContext, get_method_class
 from bench.methods.base import resolve_hparams
-from bench.runner import CellEvaluation, RunConfig, Runner
+from bench.pipeline.config import RunConfig
+from bench.pipeline.evaluate import CellEvaluation
+from bench.pipeline.events import EventBus
+from bench.pipeline.prepare import prepare_dataset
 
 SEEDS = (0, 1, 2)
 WORD_VECTORS = ("glove50", "backbone-text")
@@ -84,7 +87,7 @@ def synthetic_context(results_dir: Path, data_root: Path) -> tuple[Any, CellEval
         data_root=data_root,
         log_mlflow=False,
     )
-    ctx = Runner(config).prepare_dataset("synthetic")
+    ctx = prepare_dataset(config, "synthetic", events=EventBus())
     return ctx, CellEvaluation(ctx.dataset, ctx.features, topk=1)
 
 

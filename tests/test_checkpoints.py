@@ -21,7 +21,10 @@ from bench.checkpoints import (
 from bench.errors import BenchError
 from bench.methods import FitContext, get_method_class
 from bench.methods.base import resolve_hparams
-from bench.runner import CellEvaluation, RunConfig, Runner
+from bench.pipeline.config import RunConfig
+from bench.pipeline.evaluate import CellEvaluation
+from bench.pipeline.events import EventBus
+from bench.pipeline.prepare import prepare_dataset
 
 EPOCHS = 2
 
@@ -41,7 +44,7 @@ def prepared(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
         results_dir=tmp_path_factory.mktemp("ckpt-results"),
         log_mlflow=False,
     )
-    return Runner(config).prepare_dataset("synthetic-tiny")
+    return prepare_dataset(config, "synthetic-tiny", events=EventBus())
 
 
 def _fit(

@@ -23,7 +23,7 @@ def _default_store(results_dir: Path) -> Path:
 
 def _figure_store(tracking_uri: str | None, results_dir: Path) -> str | None:
     """Where to log figures: an explicit store, else the default one if it exists."""
-    from bench.tracking import resolve_tracking_uri
+    from bench.tracking.client import resolve_tracking_uri
 
     if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
         return resolve_tracking_uri(tracking_uri, results_dir)
@@ -175,7 +175,7 @@ def report(
             )
         store = None if no_mlflow else _figure_store(tracking_uri, results_dir)
         if store is not None:
-            from bench.tracking import log_report_artifacts
+            from bench.tracking.writer import log_report_artifacts
 
             for dataset, paths in written.items():
                 run_id = log_report_artifacts(store, dataset, paths)
@@ -217,7 +217,7 @@ def report(
 def ui(results_dir: Path, tracking_uri: str | None, host: str | None, port: int) -> None:
     """Start the MLflow UI for the harness's tracking store (Ctrl-C stops it)."""
     from bench.report import ui as lib
-    from bench.tracking import resolve_tracking_uri
+    from bench.tracking.client import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, results_dir)
     default_store = not tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")

@@ -160,8 +160,9 @@ def run(
     )
 
     from bench.data.registry import default_data_root, expand_dataset_names
+    from bench.executors.observers import default_events
     from bench.methods import method_names
-    from bench.runner import RunConfig, Runner
+    from bench.pipeline.config import RunConfig
 
     method_list = tuple(method_names()) if methods == "all" else _name_list(methods)
     config = RunConfig(
@@ -193,18 +194,21 @@ def run(
         TimeRemainingColumn(),
         console=console,
     )
-    runner = Runner(config, console=console, progress=progress)
-    run_grid = runner.run
+    events = default_events(config, console, progress)
     if executor == "ray":
         from bench.executors import RayExecutor
 
-        run_grid = RayExecutor(runner, address=ray_address, gpus_per_job=gpus_per_job).run
+        grid: Any = RayExecutor(config, events, address=ray_address, gpus_per_job=gpus_per_job)
     elif ray_address is not None or gpus_per_job is not None:
         raise BenchError("--ray-address and --gpus-per-job need --executor ray")
+    else:
+        from bench.executors import LocalExecutor
+
+        grid = LocalExecutor(config, events, console=console, progress=progress)
     previous = _terminate_as_interrupt()
     try:
         with progress:
-            outcomes = run_grid()
+            outcomes = grid.run()
     except KeyboardInterrupt:
         command = "bench " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
         console.print(
@@ -243,7 +247,7 @@ def _print_summary(outcomes) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
-    from bench.runner import summary_rows
+    from bench.pipeline.display import summary_rows
 
     rows = list(summary_rows(outcomes))
     table = Table(title="Test results (%): closed world (cw) and open world (ow)")

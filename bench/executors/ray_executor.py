@@ -2,21 +2,24 @@
 
 How a grid runs (``bench run ... --executor ray``):
 
-* The driver (the ``bench run`` process) plans the grid with the :class:`~bench.runner.Runner`:
-  the same cells, in the same order, as the local executor.
+* The driver (the ``bench run`` process) plans the grid once (:func:`~bench.pipeline.plan.
+  plan_grid`): the same cells, in the same order, as the local executor.
 * Per dataset, one upstream *prepare* task loads the backbone and extracts (or reuses) the
-  train/val/test features into the feature cache, then resolves every cell's configuration
-  (hash and result path) with ``Runner.cell_config`` where the backbone is loaded. Features
-  are thus computed once per grid; the cell tasks' own ``extract_features`` calls are cache
-  hits (the cache lives under ``--results-dir``, on storage every node shares).
+  train/val/test features into the feature cache, then resolves its cells' configurations
+  (:func:`~bench.pipeline.plan.plan_cell`, which needs the backbone) and returns them.
+  Features are thus computed once per grid; the cell tasks' own ``extract_features`` calls
+  are cache hits (the cache lives under ``--results-dir``, on storage every node shares).
 * The driver skips finished cells exactly as the local executor does (``inspect_result`` on
-  the planned result path) and submits one task per remaining cell, with the prepare task's
-  ``ObjectRef`` as an argument so Ray orders the two. Each cell task asks for
-  ``gpus_per_job`` GPUs (a quarter of that for methods that do not train) and runs
-  ``Runner.run_cell``: the cell lock, checkpoint resume and result JSON are the local ones.
-* Tasks never touch MLflow: they return the result dict and the driver logs it (so a sqlite
-  store is written by one process). Runs are created when a cell starts executing and
-  closed FAILED when a retry or the final failure follows, as with the local executor.
+  the planned result path) and submits one task per remaining cell with its planned cell,
+  and the prepare task's ``ObjectRef`` as an argument so Ray orders the two. Each cell task
+  asks for ``gpus_per_job`` GPUs (a quarter of that for methods that do not train) and runs
+  the planned cell with :class:`~bench.pipeline.cell.CellRunner`: the cell lock, checkpoint
+  resume and result JSON are the local ones. It never re-plans: it only checks that its node
+  sees the same dataset files and backbone weights as the prepare task's.
+* Tasks never touch MLflow or the terminal: they post their progress events (cell started,
+  epoch ended) to a small status-board actor and return their outcome and messages; the
+  driver emits them on its event bus, whose observers (MLflow, display) run in the driver
+  only (so a sqlite store is written by one process).
 * A task that raises (other than a ``BenchError``, which is the user's to fix and is not
   retried) or whose worker dies is retried ``max_retries`` times by Ray; a cell that still
   fails is reported with its error, and the other cells go on.
@@ -27,7 +30,6 @@ This module imports Ray lazily (it is an optional extra) and never imports mlflo
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import logging
 import math
@@ -37,20 +39,29 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from bench.errors import BenchError
-from bench.io import sha256_json
-from bench.runner import (
-    Cell,
-    CellOutcome,
-    RunConfig,
-    Runner,
-    check_results_dir,
-    inspect_result,
-    result_path,
+from bench.pipeline.cell import CellRunner
+from bench.pipeline.config import Cell, CellOutcome, PlannedCell, RunConfig
+from bench.pipeline.events import (
+    CellAborted,
+    CellElsewhere,
+    CellFailed,
+    CellFinished,
+    CellSkipped,
+    CellStarted,
+    DatasetFinished,
+    DatasetPrepared,
+    EpochEnded,
+    EventBus,
+    GridPlanned,
+    Message,
+    TaskStarted,
 )
+from bench.pipeline.plan import GridPlan, InitState, plan_cell, plan_grid
+from bench.pipeline.prepare import DatasetContext, prepare_dataset
+from bench.pipeline.store import check_results_dir, inspect_result
 
 #: How to install the optional Ray extra.
 RAY_INSTALL_HINT = 'pip install "czsl-bench[ray]" (in a source checkout: pip install -e ".[ray]")'
@@ -149,114 +160,121 @@ def _quiet_console() -> tuple[Any, io.StringIO]:
     return console, buffer
 
 
-def _messages(buffer: io.StringIO) -> list[str]:
-    """The ``warning:`` and ``note:`` lines a worker's console printed."""
-    return [
-        line.strip()
-        for line in buffer.getvalue().splitlines()
-        if line.startswith(("warning:", "note:"))
-    ]
+def _console_messages(buffer: io.StringIO) -> list[Message]:
+    """The ``warning:`` and ``note:`` lines a worker's console printed (the feature cache's)."""
+    messages = []
+    for line in buffer.getvalue().splitlines():
+        level, _, text = line.strip().partition(": ")
+        if level in ("warning", "note") and text:
+            messages.append(Message(level, text))
+    return messages
+
+
+class _TaskRelay:
+    """A task's event observer: progress goes to the driver's board, messages come back with
+    the task's result, outcomes are the driver's to emit (from what the task returns)."""
+
+    def __init__(self, board: Any = None, key: int = 0) -> None:
+        self.board = board
+        self.key = key
+        self.messages: list[Message] = []
+
+    def post(self, event: Any) -> None:
+        """Send one event to the driver now."""
+        if self.board is not None:
+            self.board.post.remote((self.key, event))
+
+    def notify(self, event: Any) -> None:
+        """Handle one event of the task's pipeline."""
+        if isinstance(event, Message):
+            self.messages.append(event)
+        elif isinstance(event, CellStarted | EpochEnded):
+            self.post(event)
+
+
+def _task_context(
+    config: RunConfig,
+    spec: str,
+    owner: str,
+    relay: _TaskRelay,
+    *,
+    features_lock: bool,
+) -> tuple[EventBus, DatasetContext, io.StringIO]:
+    """The dataset context in a task, its event bus and the buffer of its console."""
+    console, buffer = _quiet_console()
+    events = EventBus([relay])
+    ctx = prepare_dataset(
+        config, spec, events=events, owner=owner, console=console, features_lock=features_lock
+    )
+    return events, ctx, buffer
 
 
 def prepare_task(
-    config: RunConfig, spec: str, cells: Sequence[Cell], setup: TaskSetup
+    config: RunConfig,
+    spec: str,
+    cells: Sequence[Cell],
+    init_state: InitState | None,
+    owner: str,
+    setup: TaskSetup,
 ) -> dict[str, Any]:
-    """Ray task: extract (or reuse) a dataset's features and plan its cells.
+    """Ray task: extract (or reuse) a dataset's features and resolve its cells.
 
     Returns:
-        ``{"plans": [(cell, config_hash, result_path)], "backbone", "identifier",
-        "cache_hit", "feature_seconds", "host", "messages"}``, or ``{"error": ...}`` for a
-        BenchError (not retried: the user has to fix it).
+        ``{"planned": [PlannedCell], "backbone", "host", "messages"}``, or ``{"error": ...}``
+        for a BenchError (not retried: the user has to fix it).
     """
     host = socket.gethostname()
-    console, buffer = _quiet_console()
+    relay = _TaskRelay()
+    buffer = io.StringIO()
     try:
         host = _enter(setup)
-        runner = Runner(config, console=console)
-        runner.plan()
-        ctx = runner.prepare_dataset(spec)
-        plans = []
-        for cell in cells:
-            config_hash = sha256_json(runner.cell_config(cell, ctx))
-            plans.append((cell, config_hash, result_path(config.results_dir, cell, config_hash)))
+        _, ctx, buffer = _task_context(config, spec, owner, relay, features_lock=True)
+        planned = [plan_cell(config, cell, ctx, init_state) for cell in cells]
     except BenchError as exc:
-        return {"error": str(exc), "host": host, "messages": _messages(buffer)}
+        messages = relay.messages + _console_messages(buffer)
+        return {"error": str(exc), "host": host, "messages": messages}
     return {
-        "plans": plans,
+        "planned": planned,
         "backbone": ctx.backbone.spec.raw,
-        "identifier": ctx.backbone.identifier,
-        "cache_hit": ctx.cache_hit,
-        "feature_seconds": ctx.feature_seconds,
         "host": host,
-        "messages": _messages(buffer),
+        "messages": relay.messages + _console_messages(buffer),
     }
 
 
-def _prepare_dataset(runner: Runner, spec: str) -> Any:
-    """``Runner.prepare_dataset`` for a cell task, whose features the prepare task made.
-
-    The cell tasks of one dataset need not queue on its features lock (held while the
-    backbone loads) when the runner lets them skip it.
-    """
-    if "features_lock" in inspect.signature(runner.prepare_dataset).parameters:
-        return runner.prepare_dataset(spec, features_lock=False)  # type: ignore[call-arg]
-    return runner.prepare_dataset(spec)
-
-
-class _ProgressRelay:
-    """Stands in for rich's Progress in a cell task: forwards the runner's updates to the board."""
-
-    def __init__(self, board: Any, key: int) -> None:
-        self._board = board
-        self._key = key
-
-    def _post(self, *event: Any) -> None:
-        if self._board is not None:
-            self._board.post.remote((event[0], self._key, *event[1:]))
-
-    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
-        """The cell starts executing (its lock is held): the driver opens its MLflow run."""
-        self._post("run", total, description)
-        return 0
-
-    def update(
-        self,
-        task_id: int,
-        *,
-        completed: float | None = None,
-        total: float | None = None,
-        description: str | None = None,
-        **_: Any,
-    ) -> None:
-        """An epoch ended."""
-        self._post("update", completed, total, description)
-
-    def advance(self, task_id: int, advance: float = 1) -> None:
-        """Progress by ``advance`` steps."""
-        self._post("advance", advance)
-
-    def remove_task(self, task_id: int) -> None:
-        """The cell's fit ended (nothing to forward)."""
+def _check_same_inputs(planned: PlannedCell, ctx: DatasetContext, host: str, where: Any) -> None:
+    """Fail unless this node sees the dataset files and backbone the cell was planned with."""
+    config = planned.config
+    if (
+        config["dataset_fingerprint"] != ctx.dataset.fingerprint
+        or config["backbone_identifier"] != ctx.backbone.identifier
+    ):
+        raise BenchError(
+            f"node {host} resolves cell {planned.cell.label} to another configuration than node "
+            f"{where} did (different dataset files, backbone weights or bench version); use "
+            "shared storage and the same installation on every node"
+        )
 
 
 def cell_task(
     config: RunConfig,
     spec: str,
-    cell: Cell,
-    planned_hash: str,
+    planned: PlannedCell,
+    init_state: InitState | None,
+    owner: str,
     prepared: Mapping[str, Any],
     setup: TaskSetup,
     board: Any = None,
     key: int = 0,
     hook: CellHook | None = None,
 ) -> dict[str, Any]:
-    """Ray task: run one cell with ``Runner.run_cell`` (no MLflow) and return its outcome.
+    """Ray task: run one planned cell (no MLflow) and return its outcome.
 
     Args:
         config: The run's configuration (device adapted to the task's resources).
         spec: The dataset spec.
-        cell: The cell.
-        planned_hash: Its config hash as the prepare task resolved it.
+        planned: The cell with its configuration, as the driver's plan has it.
+        init_state: The ``--load-state`` state, if any.
+        owner: The driver's invocation id (the cell lock's owner).
         prepared: The prepare task's result; passing its ObjectRef makes Ray run this task
             after the dataset's features exist.
         setup: The driver's folder and results-folder marker.
@@ -269,23 +287,17 @@ def cell_task(
         back as status "failed" (not retried), any other exception propagates to Ray.
     """
     host = socket.gethostname()
-    if board is not None:
-        board.post.remote(("start", key, host))
-    console, buffer = _quiet_console()
+    relay = _TaskRelay(board, key)
+    relay.post(TaskStarted(planned.cell, host))
+    buffer = io.StringIO()
     try:
         if hook is not None:
-            hook(cell)
+            hook(planned.cell)
         host = _enter(setup)
-        runner = Runner(config, console=console, progress=_ProgressRelay(board, key))
-        runner.plan()
-        ctx = _prepare_dataset(runner, spec)
-        if sha256_json(runner.cell_config(cell, ctx)) != planned_hash:
-            raise BenchError(
-                f"node {host} resolves cell {cell.label} to another configuration than node "
-                f"{prepared.get('host')} did (different dataset files, backbone weights or bench "
-                "version); use shared storage and the same installation on every node"
-            )
-        outcome = runner.run_cell(cell, ctx)
+        # The prepare task made the features: no need to queue on the features lock.
+        events, ctx, buffer = _task_context(config, spec, owner, relay, features_lock=False)
+        _check_same_inputs(planned, ctx, host, prepared.get("host"))
+        outcome = CellRunner(config, events, owner=owner, init_state=init_state).run(planned, ctx)
     except BenchError as exc:
         return {
             "status": "failed",
@@ -293,7 +305,7 @@ def cell_task(
             "error": str(exc),
             "path": None,
             "host": host,
-            "messages": _messages(buffer),
+            "messages": relay.messages + _console_messages(buffer),
         }
     return {
         "status": outcome.status,
@@ -301,7 +313,7 @@ def cell_task(
         "error": outcome.error,
         "path": outcome.path,
         "host": host,
-        "messages": _messages(buffer),
+        "messages": relay.messages + _console_messages(buffer),
     }
 
 
@@ -327,87 +339,26 @@ class _Job:
     """One submitted cell, as the driver sees it."""
 
     key: int
-    cell: Cell
-    dataset: str
-    config_hash: str
-    path: Path
-    row: Any = None
-    run_id: str | None = None
+    planned: PlannedCell
     attempts: int = 0
-    host: str | None = None
+    started: bool = False
+
+    @property
+    def cell(self) -> Cell:
+        """The job's cell."""
+        return self.planned.cell
 
 
-class _Tracking:
-    """The driver's MLflow calls, made through the Runner (which owns the tracker and its rules).
-
-    The only place that uses the Runner's tracking internals.
-    """
-
-    def __init__(self, runner: Runner) -> None:
-        self.runner = runner
-        self.parents: dict[str, str | None] = {}
-
-    def start_dataset(self, label: str, backbone: str) -> None:
-        """Mark stale runs, read logged cells and open the dataset's parent run."""
-        ctx = SimpleNamespace(backbone=SimpleNamespace(spec=SimpleNamespace(raw=backbone)))
-        self.parents[label] = self.runner._start_dataset_tracking(label, ctx)  # type: ignore[arg-type]
-
-    def finish_dataset(self, label: str, status: str) -> None:
-        """Close the dataset's parent run with ``status``."""
-        runner = self.runner
-        if self.parents.pop(label, None) is None or runner._tracker is None:
-            return
-        tracker = runner._tracker
-        runner._track(
-            "closing the parent run",
-            lambda: tracker.finish_parent(label, runner.invocation, status),
-        )
-
-    def start_cell(self, job: _Job) -> None:
-        """Open a RUNNING child run for a cell that starts executing (closing an earlier try)."""
-        if job.run_id is not None:
-            self.runner._end_cell_run(job.run_id, "FAILED")
-        job.run_id = self.runner._start_cell_run(
-            job.cell, job.config_hash, self.parents.get(job.dataset)
-        )
-
-    def finished(self, job: _Job, result: dict[str, Any], path: Path) -> None:
-        """Log a finished cell into its run."""
-        self.runner._log_finished(result, path, self.parents.get(job.dataset), job.run_id)
-
-    def skipped(self, dataset: str, result: dict[str, Any], path: Path) -> None:
-        """Log a cell finished earlier if MLflow misses it."""
-        self.runner._backfill(result, path, self.parents.get(dataset))
-
-    def end_cell(self, job: _Job, status: str) -> None:
-        """Close a cell's run (FAILED, KILLED)."""
-        self.runner._end_cell_run(job.run_id, status)
-        job.run_id = None
-
-    def close_all(self, jobs: Sequence[_Job], status: str) -> None:
-        """Close every open run (interrupt or crash of the driver)."""
-        for job in jobs:
-            if job.run_id is not None:
-                self.end_cell(job, status)
-        for label in list(self.parents):
-            self.finish_dataset(label, status)
-
-
-def _dataset_label(spec: str) -> str:
-    from bench.runner import _dataset_label as label
-
-    return label(spec)
-
-
-def _one_line(text: str, limit: int = 300) -> str:
+def _one_line(text: Any, limit: int = 300) -> str:
     return " ".join(str(text).split())[:limit]
 
 
 class RayExecutor:
-    """Runs a Runner's grid as Ray tasks (see the module docstring).
+    """Runs a grid as Ray tasks (see the module docstring).
 
     Args:
-        runner: The Runner of the run (its config, console, progress view and MLflow).
+        config: The run's options.
+        events: Where every event of the grid goes (observers run in this process).
         address: Ray cluster to join ("auto", "HOST:PORT", "ray://HOST:PORT"); None starts
             Ray on this machine (or uses the Ray this process already initialised).
         gpus_per_job: GPUs per training cell (methods that do not train get a quarter);
@@ -422,7 +373,8 @@ class RayExecutor:
 
     def __init__(
         self,
-        runner: Runner,
+        config: RunConfig,
+        events: EventBus,
         *,
         address: str | None = None,
         gpus_per_job: float | None = None,
@@ -432,20 +384,19 @@ class RayExecutor:
         check_gpus_per_job(gpus_per_job)
         if max_retries < 0:
             raise BenchError(f"max_retries: {max_retries} must be >= 0")
-        device = runner.config.device or ""
+        device = config.device or ""
         if device.startswith("cuda:"):
             raise BenchError(
                 f"--device {device}: with --executor ray, Ray assigns each cell its GPU; "
                 "use --device cuda or leave --device out"
             )
         self.ray = import_ray()
-        self.runner = runner
+        self.config = config
+        self.events = events
         self.address = address
         self.gpus_per_job = gpus_per_job
         self.max_retries = max_retries
         self.cell_hook = cell_hook
-        self.tracking = _Tracking(runner)
-        self._printed: set[str] = set()
 
     # ------------------------------------------------------------------ connection
     def _connect(self) -> bool:
@@ -480,7 +431,7 @@ class RayExecutor:
         if self.gpus_per_job is None:
             if total >= 1:
                 return 1.0
-            self.runner.note("the Ray cluster has no GPU; cells run on CPUs (--gpus-per-job 0)")
+            self.events.note("the Ray cluster has no GPU; cells run on CPUs (--gpus-per-job 0)")
             return 0.0
         if self.gpus_per_job > 0:
             per_node = max(
@@ -500,38 +451,24 @@ class RayExecutor:
 
     def task_config(self, gpus: float) -> RunConfig:
         """The config tasks run with: CPU tasks on a GPU machine stay on CPU."""
-        config = self.runner.config
-        if gpus == 0 and config.device is None:
-            return replace(config, device="cpu")
-        return config
-
-    # ------------------------------------------------------------------ messages
-    def print_line(self, line: str, style: str | None = None, once: bool = False) -> None:
-        """Print one line on the run's console (``once``: unless it was printed before)."""
-        if once:
-            if line in self._printed:
-                return
-            self._printed.add(line)
-        self.runner.console.print(line, style=style, markup=False, highlight=False)
-
-    def relay(self, messages: Sequence[str]) -> None:
-        """Print a task's warnings and notes (each distinct line once per grid)."""
-        for line in messages:
-            self.print_line(line, "yellow" if line.startswith("warning:") else "cyan", once=True)
+        if gpus == 0 and self.config.device is None:
+            return replace(self.config, device="cpu")
+        return self.config
 
     # ------------------------------------------------------------------ running
     def run(self) -> list[CellOutcome]:
         """Run the grid; one outcome per cell, in plan order (failed cells included)."""
-        config = self.runner.config
+        config = self.config
         check_results_dir(config.results_dir)
-        cells = self.runner.plan()
+        plan = plan_grid(config)
+        self.events.emit(GridPlanned(plan.cells, plan.invocation))
         owned = self._connect()
-        marker = Path(config.results_dir) / f".bench-ray-{self.runner.invocation}"
+        marker = Path(config.results_dir) / f".bench-ray-{plan.invocation}"
         token = secrets.token_hex(16)
         try:
             marker.write_text(token, encoding="utf-8")
             setup = TaskSetup(os.getcwd(), str(marker), token, str(config.results_dir))
-            return _GridRun(self, cells, setup, self._gpus()).execute()
+            return _GridRun(self, plan, setup, self._gpus()).execute()
         finally:
             with contextlib.suppress(OSError):
                 marker.unlink()
@@ -557,55 +494,52 @@ class RayExecutor:
 
 
 class _GridRun:
-    """The driver's state while one grid runs: submitted tasks, live view, outcomes."""
+    """The driver's state while one grid runs: submitted tasks and outcomes."""
 
     def __init__(
-        self, executor: RayExecutor, cells: Sequence[Cell], setup: TaskSetup, gpus: float
+        self, executor: RayExecutor, plan: GridPlan, setup: TaskSetup, gpus: float
     ) -> None:
         self.executor = executor
         self.ray = executor.ray
-        self.runner = executor.runner
-        self.config = executor.runner.config
-        self.progress = executor.runner.progress
-        self.tracking = executor.tracking
-        self.cells = list(cells)
+        self.events = executor.events
+        self.config = executor.config
+        self.plan = plan
         self.setup = setup
         self.gpus = gpus
         self.task_config = executor.task_config(gpus)
         self.retry = {"max_retries": executor.max_retries, "retry_exceptions": True}
-        self.specs = {_dataset_label(spec): spec for spec in self.config.datasets}
-        self.by_dataset: dict[str, list[Cell]] = {}
-        for cell in self.cells:
-            self.by_dataset.setdefault(cell.dataset, []).append(cell)
+        self.by_dataset = plan.by_dataset()
         self.remaining = {label: len(group) for label, group in self.by_dataset.items()}
         self.failed_datasets: set[str] = set()
+        self.prepared: set[str] = set()
         self.outcomes: dict[Cell, CellOutcome] = {}
         self.jobs: dict[int, _Job] = {}
         #: ObjectRef -> ("prepare", dataset label) or ("cell", job)
         self.waiting: dict[Any, tuple[str, Any]] = {}
         self.board: Any = None
-        self.grid_row: Any = None
+        self.relayed: set[Message] = set()
 
     # ------------------------------------------------------------------ main loop
     def execute(self) -> list[CellOutcome]:
         """Submit the prepare tasks, then cells as their datasets are ready; collect outcomes."""
         ray = self.ray
         self.board = ray.remote(num_cpus=0)(StatusBoard).remote()
-        if self.progress is not None:
-            self.grid_row = self.progress.add_task("grid", total=len(self.cells))
         prepare = ray.remote(prepare_task)
         try:
             for label, group in self.by_dataset.items():
                 options = {"num_cpus": 1, "num_gpus": self.gpus, **self.retry}
                 ref = prepare.options(**options, name=f"bench features {label}").remote(
-                    self.task_config, self.specs[label], group, self.setup
+                    self.task_config,
+                    self.plan.specs[label],
+                    group,
+                    self.plan.init_state,
+                    self.plan.invocation,
+                    self.setup,
                 )
                 self.waiting[ref] = ("prepare", label)
-            self.refresh()
             while self.waiting:
                 ready, _ = ray.wait(list(self.waiting), num_returns=1, timeout=POLL_SECONDS)
-                for event in self.drain():
-                    self.on_event(event)
+                self.forward(self.drain())
                 for ref in ready:
                     kind, item = self.waiting.pop(ref)
                     if kind == "prepare":
@@ -618,54 +552,61 @@ class _GridRun:
         finally:
             with contextlib.suppress(Exception):
                 ray.kill(self.board)
-            if self.progress is not None and self.grid_row is not None:
-                self.progress.remove_task(self.grid_row)
-        return [self.outcomes[cell] for cell in self.cells]
+        return [self.outcomes[cell] for cell in self.plan.cells]
 
     def abandon(self, status: str) -> None:
-        """Cancel every task and close the open MLflow runs (Ctrl-C, driver error)."""
+        """Cancel every task and close what observers opened (Ctrl-C, driver error)."""
         for ref in self.waiting:
             with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=True)
         with contextlib.suppress(Exception):  # cells that began executing get their run
-            for event in self.drain():
-                self.on_event(event)
-        self.tracking.close_all(list(self.jobs.values()), status)
+            self.forward(self.drain())
+        for job in self.jobs.values():
+            if job.started and job.cell not in self.outcomes:
+                self.events.emit(CellAborted(job.cell, status))
+        for label in self.by_dataset:
+            if label in self.prepared and self.remaining[label] > 0:
+                self.events.emit(DatasetFinished(label, status))
 
-    def drain(self) -> list[tuple[Any, ...]]:
+    def drain(self) -> list[tuple[int, Any]]:
         """New events from the status board (none if it is gone: only the live view suffers)."""
         try:
             return self.ray.get(self.board.drain.remote())
         except self.ray.exceptions.RayError:
             return []
 
-    # ------------------------------------------------------------------ bookkeeping
-    def refresh(self) -> None:
-        """Update the grid row: done / running / queued / skipped / failed counts."""
-        if self.progress is None:
-            return
-        counts: dict[str, int] = {}
-        for outcome in self.outcomes.values():
-            counts[outcome.status] = counts.get(outcome.status, 0) + 1
-        running = sum(1 for j in self.jobs.values() if j.attempts and j.cell not in self.outcomes)
-        queued = len(self.cells) - len(self.outcomes) - running
-        parts = [f"{counts.get('done', 0)} done", f"{running} running", f"{queued} queued"]
-        parts += [f"{counts[s]} {s}" for s in ("skipped", "failed", "elsewhere") if counts.get(s)]
-        self.progress.update(
-            self.grid_row, completed=len(self.outcomes), description="grid: " + ", ".join(parts)
-        )
+    def forward(self, posted: Sequence[tuple[int, Any]]) -> None:
+        """Emit the tasks' progress events (a task started again, a cell started, an epoch)."""
+        for key, event in posted:
+            job = self.jobs.get(key)
+            if job is None or job.cell in self.outcomes:
+                continue
+            if isinstance(event, TaskStarted):
+                job.attempts += 1
+                event = replace(event, attempt=job.attempts)
+            elif isinstance(event, CellStarted):
+                job.started = True
+            self.events.emit(event)
 
-    def settle(self, outcome: CellOutcome) -> None:
-        """Record a cell's final outcome; close its dataset's parent run after its last cell."""
+    def relay(self, messages: Sequence[Message]) -> None:
+        """Emit a task's warnings and notes (each distinct one once per grid)."""
+        for message in messages:
+            if message not in self.relayed:
+                self.relayed.add(message)
+                self.events.emit(message)
+
+    def settle(self, event: Any) -> None:
+        """Emit a cell's outcome; close its dataset after its last cell."""
+        outcome: CellOutcome = event.outcome
         cell = outcome.cell
         self.outcomes[cell] = outcome
         if outcome.status == "failed":
             self.failed_datasets.add(cell.dataset)
+        self.events.emit(event)
         self.remaining[cell.dataset] -= 1
         if self.remaining[cell.dataset] == 0:
             status = "FAILED" if cell.dataset in self.failed_datasets else "FINISHED"
-            self.tracking.finish_dataset(cell.dataset, status)
-        self.refresh()
+            self.events.emit(DatasetFinished(cell.dataset, status))
 
     # ------------------------------------------------------------------ task results
     def on_prepared(self, label: str, ref: Any) -> None:
@@ -676,34 +617,34 @@ class _GridRun:
             prepared = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
             prepared = {"error": self.executor.describe_failure(exc)}
-        self.executor.relay(prepared.get("messages", ()))
+        self.relay(prepared.get("messages", ()))
         if "error" in prepared:
             error = f"preparing {label} failed: {prepared['error']}"
-            self.executor.print_line(f"{label}: FAILED: {error}", "red")
             for cell in self.by_dataset[label]:
-                self.settle(CellOutcome(cell, "failed", error=error))
+                self.settle(CellFailed(CellOutcome(cell, "failed", error=error)))
             return
-        self.tracking.start_dataset(label, prepared["backbone"])
+        self.prepared.add(label)
+        self.events.emit(DatasetPrepared(label, prepared["backbone"]))
         run_cell = self.ray.remote(cell_task)
-        for cell, config_hash, path in prepared["plans"]:
-            path = Path(path)
+        for planned in prepared["planned"]:
+            cell, path = planned.cell, planned.path
             if not self.config.rerun:
-                existing, problem = inspect_result(path, config_hash)
+                existing, problem = inspect_result(path, planned.config_hash)
                 if existing is not None:
-                    self.tracking.skipped(label, existing, path)
-                    self.settle(CellOutcome(cell, "skipped", existing, path=path))
+                    self.settle(CellSkipped(CellOutcome(cell, "skipped", existing, path=path)))
                     continue
                 if problem is not None:
-                    self.runner.warn(f"result file {path} {problem}; redoing the cell")
-            job = _Job(len(self.jobs), cell, label, config_hash, path)
+                    self.events.warn(f"result file {path} {problem}; redoing the cell")
+            job = _Job(len(self.jobs), planned)
             self.jobs[job.key] = job
             resources = task_resources(get_method_class(cell.method).trains, self.gpus)
             task = run_cell.options(**resources, **self.retry, name=f"bench {cell.label}")
             cell_ref = task.remote(
                 self.task_config,
-                self.specs[label],
-                cell,
-                config_hash,
+                self.plan.specs[label],
+                planned,
+                self.plan.init_state,
+                self.plan.invocation,
                 ref,  # the prepare task's ObjectRef: Ray runs the cell after it
                 self.setup,
                 self.board,
@@ -712,70 +653,24 @@ class _GridRun:
             )
             self.waiting[cell_ref] = ("cell", job)
 
-    def on_event(self, event: tuple[Any, ...]) -> None:
-        """A task started (again), began executing its cell, or finished an epoch."""
-        kind, key, *rest = event
-        job = self.jobs.get(key)
-        if job is None or job.cell in self.outcomes:
-            return
-        progress = self.progress
-        if kind == "start":
-            job.attempts += 1
-            job.host = rest[0]
-            attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
-            description = f"{job.cell.label} on {job.host}{attempt}: loading"
-            if progress is not None:
-                if job.row is None:
-                    job.row = progress.add_task(description, total=None)
-                else:
-                    progress.reset(job.row, total=None, description=description)
-            self.refresh()
-        elif kind == "run":
-            self.tracking.start_cell(job)
-            if progress is not None and job.row is not None:
-                progress.update(
-                    job.row, total=rest[0] or None, description=f"{job.cell.label} on {job.host}"
-                )
-        elif kind == "update" and progress is not None and job.row is not None:
-            completed, total, description = rest
-            fields = {"completed": completed, "total": total, "description": description}
-            progress.update(job.row, **{k: v for k, v in fields.items() if v is not None})
-        elif kind == "advance" and progress is not None and job.row is not None:
-            progress.advance(job.row, rest[0])
-
     def on_cell(self, job: _Job, ref: Any) -> None:
-        """A cell task ended: log its result to MLflow, or report its failure."""
-        if self.progress is not None and job.row is not None:
-            self.progress.remove_task(job.row)
-            job.row = None
+        """A cell task ended: emit its outcome."""
         try:
             payload = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
             payload = {"status": "failed", "error": self.executor.describe_failure(exc)}
-        self.executor.relay(payload.get("messages", ()))
+        self.relay(payload.get("messages", ()))
         status = payload["status"]
-        path = Path(payload["path"]) if payload.get("path") else job.path
+        path = Path(payload["path"]) if payload.get("path") else job.planned.path
         result = payload.get("result")
+        error = payload.get("error")
         if status == "done" and result is not None:
-            if job.run_id is None:  # it finished before its "run" event was seen
-                self.tracking.start_cell(job)
-            self.tracking.finished(job, result, path)
-            seconds = result.get("timings", {}).get("total_s")
-            took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
-            self.executor.print_line(
-                f"{job.cell.label}: done on {payload.get('host')}{took}", "green"
+            self.settle(
+                CellFinished(CellOutcome(job.cell, status, result, path=path), payload.get("host"))
             )
         elif status == "skipped" and result is not None:  # finished by another process
-            self.tracking.skipped(job.dataset, result, path)
+            self.settle(CellSkipped(CellOutcome(job.cell, status, result, path=path)))
         elif status == "elsewhere":
-            self.runner.warn(
-                f"cell {job.cell.label} is running in another bench process; rerun this "
-                "command later to pick up its result"
-            )
+            self.settle(CellElsewhere(CellOutcome(job.cell, status, error=error, path=path)))
         else:
-            status = "failed"
-            if job.run_id is not None:
-                self.tracking.end_cell(job, "FAILED")
-            self.executor.print_line(f"{job.cell.label}: FAILED: {payload.get('error')}", "red")
-        error = payload.get("error")
-        self.settle(CellOutcome(job.cell, status, result, error=error, path=path))
+            self.settle(CellFailed(CellOutcome(job.cell, "failed", result, error=error, path=path)))

@@ -109,7 +109,7 @@ def load_records(
 
     Incomplete or unreadable files are skipped; of duplicates the newest is kept.
     """
-    from bench.runner import load_result
+    from bench.pipeline.store import load_result
 
     runs = Path(results_dir) / "runs"
     found = []
@@ -128,7 +128,7 @@ def load_records_mlflow(
     curves: bool = True,
 ) -> list[RunRecord]:
     """Finished cells from an MLflow store (child runs of the ``czsl/<dataset>`` experiments)."""
-    from bench.tracking import read_cell_results
+    from bench.tracking.reader import read_cell_results
 
     results = read_cell_results(tracking_uri, datasets, curves=curves)
     return _select(

@@ -22,7 +22,8 @@ from bench.backbones import toy_clip as tc
 from bench.cli import cli
 from bench.data.synthetic import SYNTHETIC_ATTRS, SYNTHETIC_OBJS, plan_synthetic
 from bench.errors import BenchError
-from bench.runner import RunConfig, Runner
+from bench.executors.local import run_local
+from bench.pipeline.config import RunConfig
 
 #: A recipe that builds in about a second, for the cache mechanics.
 QUICK = tc.PretrainConfig(steps=2, batch_size=8, warmup_steps=1)
@@ -52,7 +53,7 @@ def toy_run(toy_results: Path, synthetic_root: Path) -> dict[str, dict[str, Any]
         results_dir=toy_results,
         log_mlflow=False,
     )
-    outcomes = Runner(config, console=Console(stderr=True)).run()
+    outcomes = run_local(config, console=Console(stderr=True))
     assert [o.status for o in outcomes] == ["done"] * 3
     return {o.cell.method: o.result for o in outcomes if o.result is not None}
 
@@ -276,8 +277,8 @@ def test_same_cell_same_metrics(toy_results: Path, synthetic_root: Path) -> None
         log_mlflow=False,
         rerun=True,
     )
-    first = Runner(config, console=Console(stderr=True)).run()[0].result
-    second = Runner(config, console=Console(stderr=True)).run()[0].result
+    first = run_local(config, console=Console(stderr=True))[0].result
+    second = run_local(config, console=Console(stderr=True))[0].result
     assert first is not None and second is not None
     assert first["metrics"] == second["metrics"]
     assert first["history"] == second["history"]

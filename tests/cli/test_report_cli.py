@@ -202,7 +202,7 @@ def test_compare_paper_says_why_not(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_figures_and_mlflow(runner: CliRunner, results: Path) -> None:
     """--figures writes PNG+PDF, logs them to the parent run; --tracking-uri reads the store."""
-    from bench.tracking import open_tracker
+    from bench.tracking.writer import open_tracker
 
     uri = f"sqlite:///{results / 'mlflow.db'}"
     tracker = open_tracker(uri, results / "mlartifacts")

@@ -46,7 +46,7 @@ def make_result(
     random_weights: bool = False,
     created_at: str = "2025-01-01T00:00:00+00:00",
 ) -> dict[str, Any]:
-    """A result dict shaped like bench.runner's; ``values``: world -> (S, U, HM, AUC) in %.
+    """A result dict shaped like bench run's; ``values``: world -> (S, U, HM, AUC) in %.
 
     A world left out gets the other world's numbers (the runner always writes both).
     """
@@ -101,7 +101,7 @@ def make_result(
 
 
 def write_result(results_dir: Path, result: Mapping[str, Any]) -> Path:
-    """Write a result JSON where bench.runner would."""
+    """Write a result JSON where bench run would."""
     cell = result["cell"]
     path = (
         results_dir

@@ -45,7 +45,7 @@ def test_duplicate_cell_keeps_the_latest(tmp_path: Path) -> None:
 
 
 def test_mlflow_records_match_the_jsons_and_figures_get_logged(grid: Path, tmp_path: Path) -> None:
-    from bench.tracking import log_report_artifacts, open_tracker
+    from bench.tracking.writer import log_report_artifacts, open_tracker
 
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()

@@ -1,4 +1,4 @@
-"""End-to-end tests of the runner and ``bench run`` with the tiny-random backbone."""
+"""End-to-end tests of the local executor and ``bench run`` with the tiny-random backbone."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from bench.cli import cli
 from bench.errors import BenchError
-from bench.runner import RunConfig, Runner
+from bench.executors.local import run_local
+from bench.pipeline.config import RunConfig
 
 METHODS = "clip,coop,csp"
 
@@ -151,8 +152,8 @@ def test_same_seed_same_numbers(tiny_root, tmp_path):
         results_dir=tmp_path / "a",
         log_mlflow=False,
     )
-    first = Runner(config).run()[0].result
-    second = Runner(RunConfig(**{**config.__dict__, "results_dir": tmp_path / "b"})).run()[0].result
+    first = run_local(config)[0].result
+    second = run_local(RunConfig(**{**config.__dict__, "results_dir": tmp_path / "b"}))[0].result
     for split in ("val", "test"):
         for world in ("cw", "ow"):
             assert first["metrics"][split][world] == second["metrics"][split][world]
@@ -171,7 +172,7 @@ def test_epochs_zero_csp_and_coop_equal_clip_on_every_metric(tiny_root, tmp_path
         results_dir=tmp_path,
         log_mlflow=False,
     )
-    results = {o.cell.method: o.result for o in Runner(config).run()}
+    results = {o.cell.method: o.result for o in run_local(config)}
     for method in ("coop", "csp"):
         for split in ("val", "test"):
             for world in ("cw", "ow"):
@@ -233,7 +234,7 @@ def test_unwritable_results_dir(tmp_path, tiny_root):
         log_mlflow=False,
     )
     with pytest.raises(BenchError, match="not writable"):
-        Runner(config).run()
+        run_local(config)
 
 
 # ------------------------------------------------------------------ locks, backfill, owners
@@ -265,7 +266,7 @@ def test_cell_locked_by_another_process_is_skipped_then_picked_up(tiny_root, tmp
 
     from rich.console import Console
 
-    first = Runner(_tiny_config(tiny_root, tmp_path)).run()
+    first = run_local(_tiny_config(tiny_root, tmp_path))
     assert [o.status for o in first] == ["done", "done"]
     for path in tmp_path.glob("runs/*/clip/s1-*.json"):
         path.unlink()
@@ -273,15 +274,15 @@ def test_cell_locked_by_another_process_is_skipped_then_picked_up(tiny_root, tmp
     assert other.acquire()
     try:
         stream = StringIO()
-        outcomes = Runner(
+        outcomes = run_local(
             _tiny_config(tiny_root, tmp_path), console=Console(file=stream, width=300)
-        ).run()
+        )
         assert [o.status for o in outcomes] == ["skipped", "elsewhere"]
         assert "clip|synthetic-tiny|s1 is running in another bench process" in stream.getvalue()
         assert not list(tmp_path.glob("runs/*/clip/s1-*.json"))
     finally:
         other.release()
-    assert [o.status for o in Runner(_tiny_config(tiny_root, tmp_path)).run()] == [
+    assert [o.status for o in run_local(_tiny_config(tiny_root, tmp_path))] == [
         "skipped",
         "done",
     ]
@@ -291,7 +292,7 @@ def test_cell_locked_by_another_process_is_skipped_then_picked_up(tiny_root, tmp
 def test_wait_elsewhere_waits_for_the_other_process(tiny_root, tmp_path):
     import threading
 
-    Runner(_tiny_config(tiny_root, tmp_path, seeds=(0,))).run()
+    run_local(_tiny_config(tiny_root, tmp_path, seeds=(0,)))
     (result,) = tmp_path.glob("runs/*/clip/s0-*.json")
     result.unlink()
     other = _lock_of(tmp_path, 0)
@@ -300,35 +301,10 @@ def test_wait_elsewhere_waits_for_the_other_process(tiny_root, tmp_path):
     timer.start()
     try:
         config = _tiny_config(tiny_root, tmp_path, seeds=(0,), wait_elsewhere=60.0)
-        assert [o.status for o in Runner(config).run()] == ["done"]
+        assert [o.status for o in run_local(config)] == ["done"]
     finally:
         timer.cancel()
         other.release()
-
-
-def test_owner_alive():
-    import socket
-    import subprocess
-    import sys
-
-    from bench.tracking import owner_alive, owner_tags
-
-    assert owner_alive(owner_tags("me"))
-    assert owner_alive({})  # no owner tags: cannot tell, leave the run alone
-    child = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    )
-    dead = {**owner_tags("x"), "bench.owner.pid": child.stdout.strip(), "bench.owner.start": ""}
-    assert not owner_alive(dead)
-    assert owner_alive({**dead, "bench.owner.host": socket.gethostname() + "-elsewhere"})
-    mine = owner_tags("x")
-    if mine["bench.owner.start"]:  # /proc available: a reused pid is told apart
-        assert not owner_alive({**mine, "bench.owner.start": "1"})
-    if mine["bench.owner.boot_id"]:  # and so is a run from before a reboot
-        assert not owner_alive({**mine, "bench.owner.boot_id": "another-boot"})
 
 
 @pytest.mark.slow
@@ -367,85 +343,3 @@ def test_load_state_with_zero_epochs_reproduces_the_trained_cell(finished_run, t
             assert mine["metrics"][split][world]["auc"] == pytest.approx(
                 reference["metrics"][split][world]["auc"], abs=1e-6
             )
-
-
-def _word_vector_runner(tiny_root, tmp_path, methods, word_vectors):
-    """A runner over synthetic-tiny (tiny-random) with the word_vectors hparam overridden."""
-    runner = Runner(
-        RunConfig(
-            methods=methods,
-            datasets=("synthetic-tiny",),
-            seeds=(0,),
-            backbone="tiny-random",
-            data_root=tiny_root,
-            results_dir=tmp_path,
-            log_mlflow=False,
-            hparam_overrides={"word_vectors": word_vectors},
-        )
-    )
-    return runner, runner.prepare_dataset("synthetic-tiny")
-
-
-def test_default_word_vectors_are_part_of_the_cell_config(tiny_root, tmp_path, monkeypatch):
-    from bench import wordvectors
-    from bench.io import sha256_json
-
-    # "auto": not the synthetic table's choice, the card's default chain
-    runner, ctx = _word_vector_runner(tiny_root, tmp_path, ("compcos", "clip"), "auto")
-    cells = {cell.method: cell for cell in runner.plan()}
-    chosen = runner.cell_config(cells["compcos"], ctx)["word_vectors"]
-    assert chosen["source"] == "card default_word_vectors"
-    monkeypatch.setattr(wordvectors, "GLOVE50_PACKAGE", "no_such_glove_package_xyz")
-    wordvectors.clear_cache()
-    without_glove = runner.cell_config(cells["compcos"], ctx)
-    assert without_glove["word_vectors"] == {
-        "spec": "backbone",
-        "source": "card default_word_vectors",
-    }
-    monkeypatch.undo()
-    wordvectors.clear_cache()
-    if wordvectors.glove50_available():
-        with_glove = runner.cell_config(cells["compcos"], ctx)
-        assert with_glove["word_vectors"]["spec"] == "glove50"
-        assert sha256_json(with_glove) != sha256_json(without_glove)  # never the same cell
-    assert "word_vectors" not in runner.cell_config(cells["clip"], ctx)
-
-
-def test_toy_clip_pretraining_bar_joins_the_runs_progress_display(tiny_root, tmp_path, monkeypatch):
-    from bench.backbones import load_backbone, toy_clip
-
-    seen: dict[str, object] = {}
-
-    def fake_load_toy_clip(spec, device=None, cache_dir=None, *, show_progress=True):
-        seen["show_progress"] = show_progress
-        return load_backbone("tiny-random", device="cpu")
-
-    monkeypatch.setattr(toy_clip, "load_toy_clip", fake_load_toy_clip)
-    progress = object()
-    config = RunConfig(
-        methods=("clip",),
-        datasets=("synthetic-tiny",),
-        backbone="toy-clip",
-        data_root=tiny_root,
-        results_dir=tmp_path,
-        log_mlflow=False,
-    )
-    Runner(config, progress=progress).prepare_dataset("synthetic-tiny")
-    assert seen["show_progress"] is progress  # one live display, not two fighting
-    Runner(config).prepare_dataset("synthetic-tiny")
-    assert seen["show_progress"] is True
-
-
-def test_word_vectors_hparam_list_takes_the_first_that_loads(tiny_root, tmp_path):
-    def chosen(spec: str) -> dict:
-        runner, ctx = _word_vector_runner(tiny_root, tmp_path, ("compcos",), spec)
-        return runner.cell_config(runner.plan()[0], ctx)["word_vectors"]
-
-    missing = tmp_path / "absent.txt"
-    assert chosen(f"glove:{missing},backbone-text") == {
-        "spec": "backbone-text",
-        "source": "hparam word_vectors",
-    }
-    assert chosen("backbone") == {"spec": "backbone", "source": "hparam word_vectors"}
-    with pytest.raises(BenchError, match="no word vectors for dataset synthetic-tiny"):
-        chosen(f"glove:{missing},glove:{missing}.2")

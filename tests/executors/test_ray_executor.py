@@ -23,8 +23,10 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 
 from bench.errors import BenchError
-from bench.executors import RayExecutor, task_resources
-from bench.runner import Cell, RunConfig, Runner
+from bench.executors import LocalExecutor, RayExecutor, task_resources
+from bench.executors.observers import default_events
+from bench.pipeline.config import Cell, CellOutcome, RunConfig
+from bench.pipeline.events import EventBus
 
 
 def _config(tiny_root: Path, results: Path, **overrides: Any) -> RunConfig:
@@ -42,12 +44,13 @@ def _config(tiny_root: Path, results: Path, **overrides: Any) -> RunConfig:
     return RunConfig(**settings)
 
 
-def _runner(config: RunConfig) -> Runner:
-    return Runner(config, console=Console(file=io.StringIO(), width=200))
+def _events(config: RunConfig, progress: Any = None) -> EventBus:
+    """The observers of ``bench run`` on a console that writes into a buffer."""
+    return default_events(config, Console(file=io.StringIO(), width=200), progress)
 
 
-def _output(runner: Runner) -> str:
-    return runner.console.file.getvalue()  # type: ignore[attr-defined]
+def _output(events: EventBus) -> str:
+    return events.observers[0].console.file.getvalue()  # type: ignore[attr-defined]
 
 
 def _metrics(outcomes: list[Any]) -> dict[str, Any]:
@@ -75,17 +78,18 @@ def ray_grid(
     ray_session: Any, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """The same 2 methods x 2 seeds grid run locally and on Ray (with MLflow)."""
-    local = _runner(_config(tiny_root, tmp_path_factory.mktemp("local")))
-    local_outcomes = local.run()
+    local_config = _config(tiny_root, tmp_path_factory.mktemp("local"))
+    local_outcomes = LocalExecutor(local_config, _events(local_config)).run()
     results = tmp_path_factory.mktemp("ray")
-    runner = _runner(_config(tiny_root, results, log_mlflow=True))
-    outcomes = RayExecutor(runner).run()
+    config = _config(tiny_root, results, log_mlflow=True)
+    events = _events(config)
+    outcomes = RayExecutor(config, events).run()
     return {
         "results": results,
         "local": local_outcomes,
         "outcomes": outcomes,
-        "output": _output(runner),
-        "config": runner.config,
+        "output": _output(events),
+        "config": config,
     }
 
 
@@ -133,8 +137,8 @@ def test_driver_logs_every_cell_to_mlflow(ray_grid: dict[str, Any]) -> None:
 @pytest.mark.slow
 def test_rerun_skips_finished_cells(ray_grid: dict[str, Any]) -> None:
     stamps = {o.path: o.path.stat().st_mtime_ns for o in ray_grid["outcomes"]}
-    runner = _runner(ray_grid["config"])
-    outcomes = RayExecutor(runner).run()
+    config = ray_grid["config"]
+    outcomes = RayExecutor(config, _events(config)).run()
     assert [o.status for o in outcomes] == ["skipped"] * 4
     assert _metrics(outcomes) == _metrics(ray_grid["outcomes"])
     assert {o.path: o.path.stat().st_mtime_ns for o in outcomes} == stamps
@@ -172,10 +176,10 @@ def test_failed_cells_are_retried_then_reported(
     config = _config(tiny_root, tmp_path / "results", methods=("clip",), seeds=(0, 1, 2, 3, 4))
     console = Console(file=io.StringIO(), width=200)
     progress = Progress(TextColumn("{task.description}"), console=console)
-    runner = Runner(config, console=console, progress=progress)  # the live view too
+    events = default_events(config, console, progress)  # the live view too
     hook = partial(_inject_fault, faults=faults, folder=str(counters))
     with progress:
-        outcomes = RayExecutor(runner, max_retries=1, cell_hook=hook).run()
+        outcomes = RayExecutor(config, events, max_retries=1, cell_hook=hook).run()
 
     status = {o.cell.seed: o.status for o in outcomes}
     assert status == {0: "done", 1: "done", 2: "failed", 3: "failed", 4: "failed"}
@@ -188,25 +192,25 @@ def test_failed_cells_are_retried_then_reported(
     assert attempts == {"clip-s1": 2, "clip-s2": 2, "clip-s3": 2, "clip-s4": 1}
     for outcome in outcomes[:2]:
         assert outcome.path.is_file() and outcome.result["status"] == "complete"
-    assert "clip|synthetic-tiny|s2: FAILED" in _output(runner)
+    assert "clip|synthetic-tiny|s2: FAILED" in _output(events)
 
 
 @pytest.mark.slow
 def test_gpus_the_cluster_lacks_give_one_line(
     ray_session: Any, tiny_root: Path, tmp_path: Path
 ) -> None:
-    runner = _runner(_config(tiny_root, tmp_path, methods=("clip",), seeds=(0,)))
+    config = _config(tiny_root, tmp_path, methods=("clip",), seeds=(0,))
     with pytest.raises(BenchError, match="no node of the Ray cluster has that many GPUs"):
-        RayExecutor(runner, gpus_per_job=1).run()
+        RayExecutor(config, _events(config), gpus_per_job=1).run()
 
 
 def test_missing_ray_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    runner = _runner(_config(tiny_root, tmp_path))
+    config = _config(tiny_root, tmp_path)
     with pytest.raises(BenchError, match=r'pip install "czsl-bench\[ray\]"'):
-        RayExecutor(runner)
+        RayExecutor(config, _events(config))
 
 
 @pytest.mark.parametrize(
@@ -220,9 +224,9 @@ def test_missing_ray_says_how_to_install(
 def test_bad_options_give_one_line(
     options: dict[str, Any], device: str | None, message: str, tiny_root: Path, tmp_path: Path
 ) -> None:
-    runner = _runner(_config(tiny_root, tmp_path, device=device))
+    config = _config(tiny_root, tmp_path, device=device)
     with pytest.raises(BenchError, match=message):
-        RayExecutor(runner, **options)
+        RayExecutor(config, _events(config), **options)
 
 
 def test_cheap_methods_get_a_quarter_of_the_gpus() -> None:
@@ -264,14 +268,14 @@ def test_cli_lists_failed_cells_and_exits_1(
 ) -> None:
     import bench.executors
     from bench.cli import cli
-    from bench.runner import CellOutcome
+    from bench.pipeline.plan import plan_grid
 
     class FailingExecutor:
-        def __init__(self, runner: Runner, **options: Any) -> None:
-            self.runner = runner
+        def __init__(self, config: RunConfig, events: EventBus, **options: Any) -> None:
+            self.config = config
 
         def run(self) -> list[CellOutcome]:
-            cell = self.runner.plan()[0]
+            cell = plan_grid(self.config).cells[0]
             return [CellOutcome(cell, "failed", error="the worker process died (boom)")]
 
     monkeypatch.setattr(bench.executors, "RayExecutor", FailingExecutor)
@@ -291,3 +295,63 @@ def test_cli_without_ray_says_how_to_install(
     result = CliRunner().invoke(cli, _cli_args(tiny_root, tmp_path))
     assert result.exit_code == 2
     assert 'pip install "czsl-bench[ray]"' in result.output
+
+
+def _setup(results: Path) -> Any:
+    """A driver's task setup for tasks called in this process (no Ray needed)."""
+    from bench.executors.ray_executor import TaskSetup
+
+    results.mkdir(parents=True, exist_ok=True)
+    marker = results / ".bench-ray-test"
+    marker.write_text("token", encoding="utf-8")
+    return TaskSetup(os.getcwd(), str(marker), "token", str(results))
+
+
+def test_cell_task_runs_the_drivers_plan_without_replanning(
+    monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    import bench.executors.ray_executor as ray_executor
+    from bench.io import sha256_json
+    from bench.pipeline import plan
+    from bench.pipeline.store import result_path
+
+    config = _config(tiny_root, tmp_path / "results", methods=("clip",), seeds=(0,))
+    grid = plan.plan_grid(config)
+    setup = _setup(config.results_dir)
+    prepared = ray_executor.prepare_task(
+        config, "synthetic-tiny", grid.cells, None, grid.invocation, setup
+    )
+    (planned,) = prepared["planned"]
+    assert planned.cell == grid.cells[0]
+    # the driver's plan, marked: a task that re-planned would lose the mark
+    marked = {**planned.config, "planned_by": "driver"}
+    marked_hash = sha256_json(marked)
+    ours = replace(
+        planned,
+        config=marked,
+        config_hash=marked_hash,
+        path=result_path(config.results_dir, planned.cell, marked_hash),
+    )
+
+    def no_planning(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cell task re-planned its cell")
+
+    monkeypatch.setattr(plan, "cell_config", no_planning)
+    monkeypatch.setattr(ray_executor, "plan_cell", no_planning)
+    payload = ray_executor.cell_task(
+        config, "synthetic-tiny", ours, None, grid.invocation, prepared, setup
+    )
+    assert payload["status"] == "done", payload
+    assert payload["result"]["config"]["planned_by"] == "driver"
+    assert payload["result"]["config_hash"] == marked_hash
+    assert Path(payload["path"]) == ours.path and ours.path.is_file()
+
+    # a node that sees other dataset files than the plan's fails the cell, not retried
+    other = replace(ours, config={**marked, "dataset_fingerprint": "another"})
+    payload = ray_executor.cell_task(
+        config, "synthetic-tiny", other, None, grid.invocation, prepared, setup
+    )
+    assert payload["status"] == "failed"
+    assert "resolves cell clip|synthetic-tiny|s0 to another configuration" in payload["error"]

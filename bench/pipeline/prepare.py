@@ -1,0 +1,111 @@
+"""Preparing a dataset for its cells: open it, load the backbone, extract (or reuse) features.
+
+Backbone building and feature extraction hold the dataset's features lock (blocking), so
+two processes on one results folder extract a dataset's features once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench.constants import DATA_SPLITS, slug
+from bench.locks import FileLock, features_lock_path
+from bench.pipeline.config import RunConfig, dataset_label
+from bench.pipeline.events import EventBus
+from bench.pipeline.store import sweep_temporaries, writing
+
+
+@dataclass(frozen=True)
+class DatasetContext:
+    """What every cell of one dataset shares: the dataset, backbone and cached features."""
+
+    dataset: Any
+    backbone: Any
+    features: dict[str, Any]
+    feature_seconds: float
+    cache_hit: bool
+    word_vectors: Any = None
+
+
+def random_weights_warning(backbone: Any) -> str:
+    """The warning a backbone with random weights comes with."""
+    return backbone.warning or (
+        f"backbone {backbone.spec.raw} has RANDOM weights: its numbers say nothing about any method"
+    )
+
+
+def prepare_dataset(
+    config: RunConfig,
+    spec: str,
+    *,
+    events: EventBus,
+    owner: str = "",
+    console: Any = None,
+    progress: Any = None,
+    features_lock: bool = True,
+) -> DatasetContext:
+    """Open the dataset ``spec``, load its backbone and extract (or reuse) its features.
+
+    Args:
+        config: The run's options.
+        spec: A registered dataset name or a dataset folder.
+        events: Where warnings and notes go.
+        owner: Who holds the features lock (the invocation id), for people looking at it.
+        console: The rich console of the feature cache's progress bars and warnings
+            (default: stderr).
+        progress: A live rich Progress that toy-clip's pretraining bar joins (default: its
+            own bar).
+        features_lock: False skips the lock (and the sweep of leftover temporary files it
+            allows), for a caller that knows the features are already cached.
+    """
+    from bench.backbones import load_backbone
+    from bench.data.registry import open_dataset
+    from bench.features import extract_features
+
+    dataset = open_dataset(spec, config.data_root, prepare=True)
+    backbone_spec = config.backbone_for(spec)
+    results_dir = config.results_dir
+    # toy-clip is built by the harness itself and cached with the other results.
+    cache_dir = (
+        results_dir / "cache" / "backbones" if backbone_spec.startswith("toy-clip") else None
+    )
+    label = dataset_label(spec)
+    lock = FileLock(features_lock_path(results_dir, label), owner)
+    feature_dir = results_dir / "cache" / "features" / slug(dataset.name)
+    if features_lock:
+        with writing(lock.path):
+            if not lock.acquire(blocking=False):
+                events.note(
+                    f"another bench process is preparing {label} in {results_dir}; waiting for it"
+                )
+                lock.acquire(blocking=True)
+        if feature_dir.is_dir():  # only the lock holder writes there
+            sweep_temporaries(list(feature_dir.rglob(".*.tmp")))
+    try:
+        with writing(cache_dir or results_dir / "cache"):
+            backbone = load_backbone(
+                backbone_spec,
+                device=config.device,
+                cache_dir=cache_dir,
+                show_progress=progress if progress is not None else True,
+            )
+        if backbone.random_weights:
+            events.warn(random_weights_warning(backbone))
+        start = time.perf_counter()
+        with writing(feature_dir):
+            features = {
+                split: extract_features(backbone, dataset, split, results_dir, console=console)
+                for split in DATA_SPLITS
+            }
+        seconds = time.perf_counter() - start
+    finally:
+        lock.release()
+    cache_hit = all(f.cache_hit for f in features.values())
+    word_vectors = None
+    if config.word_vectors:
+        from bench.wordvectors import load_word_vectors
+
+        word_vectors = load_word_vectors(config.word_vectors, dataset, backbone=backbone)
+    return DatasetContext(dataset, backbone, features, seconds, cache_hit, word_vectors)
