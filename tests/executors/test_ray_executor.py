@@ -235,17 +235,6 @@ def test_cheap_methods_get_a_quarter_of_the_gpus() -> None:
     assert task_resources(False, 0.0)["num_gpus"] == 0.0
 
 
-def _run_has_executor_option() -> bool:
-    from bench.cli.run import run
-
-    return any(param.name == "executor" for param in run.params)
-
-
-needs_executor_option = pytest.mark.skipif(
-    not _run_has_executor_option(), reason="bench run has no --executor option yet"
-)
-
-
 def _cli_args(tiny_root: Path, results: Path) -> list[str]:
     args = ["run", "--executor", "ray", "--methods", "clip", "--datasets", "synthetic-tiny"]
     args += ["--seeds", "0", "--backbone", "tiny-random", "--data-root", str(tiny_root)]
@@ -253,7 +242,6 @@ def _cli_args(tiny_root: Path, results: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@needs_executor_option
 def test_cli_runs_on_ray(ray_session: Any, tiny_root: Path, tmp_path: Path) -> None:
     from bench.cli import cli
 
@@ -262,7 +250,6 @@ def test_cli_runs_on_ray(ray_session: Any, tiny_root: Path, tmp_path: Path) -> N
     assert "cw/AUC" in result.output and "1 cells run" in result.output
 
 
-@needs_executor_option
 def test_cli_lists_failed_cells_and_exits_1(
     monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
 ) -> None:
@@ -285,7 +272,6 @@ def test_cli_lists_failed_cells_and_exits_1(
     assert "failed: clip|synthetic-tiny|s0: the worker process died (boom)" in result.output
 
 
-@needs_executor_option
 def test_cli_without_ray_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
 ) -> None:
