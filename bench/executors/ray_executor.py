@@ -197,16 +197,16 @@ def _task_context(
     spec: str,
     owner: str,
     relay: _TaskRelay,
+    console: Any,
     *,
     features_lock: bool,
-) -> tuple[EventBus, DatasetContext, io.StringIO]:
-    """The dataset context in a task, its event bus and the buffer of its console."""
-    console, buffer = _quiet_console()
+) -> tuple[EventBus, DatasetContext]:
+    """The dataset context in a task, and the event bus the task's pipeline reports to."""
     events = EventBus([relay])
     ctx = prepare_dataset(
         config, spec, events=events, owner=owner, console=console, features_lock=features_lock
     )
-    return events, ctx, buffer
+    return events, ctx
 
 
 def prepare_task(
@@ -225,10 +225,10 @@ def prepare_task(
     """
     host = socket.gethostname()
     relay = _TaskRelay()
-    buffer = io.StringIO()
+    console, buffer = _quiet_console()
     try:
         host = _enter(setup)
-        _, ctx, buffer = _task_context(config, spec, owner, relay, features_lock=True)
+        _, ctx = _task_context(config, spec, owner, relay, console, features_lock=True)
         planned = [plan_cell(config, cell, ctx, init_state) for cell in cells]
     except BenchError as exc:
         messages = relay.messages + _console_messages(buffer)
@@ -289,13 +289,13 @@ def cell_task(
     host = socket.gethostname()
     relay = _TaskRelay(board, key)
     relay.post(TaskStarted(planned.cell, host))
-    buffer = io.StringIO()
+    console, buffer = _quiet_console()
     try:
         if hook is not None:
             hook(planned.cell)
         host = _enter(setup)
         # The prepare task made the features: no need to queue on the features lock.
-        events, ctx, buffer = _task_context(config, spec, owner, relay, features_lock=False)
+        events, ctx = _task_context(config, spec, owner, relay, console, features_lock=False)
         _check_same_inputs(planned, ctx, host, prepared.get("host"))
         outcome = CellRunner(config, events, owner=owner, init_state=init_state).run(planned, ctx)
     except BenchError as exc:

@@ -47,6 +47,7 @@ class MlflowObserver:
         self.config = config
         self.events = events
         self.invocation = ""
+        self._git_commit = "unknown"
         self._tracker: Tracker | None = None
         self._off = not config.log_mlflow
         self._stale_marked = False
@@ -93,6 +94,7 @@ class MlflowObserver:
         """Open the store: a bad one fails before any work."""
         self.invocation = event.invocation
         if not self._off and self._tracker is None:
+            self._git_commit = git_commit() or "unknown"
             self._tracker = open_tracker(
                 resolve_tracking_uri(self.config.tracking_uri, self.config.results_dir),
                 self.config.results_dir / "mlartifacts",
@@ -131,7 +133,7 @@ class MlflowObserver:
                 },
                 {
                     "bench.version": __version__,
-                    "bench.git_commit": git_commit() or "unknown",
+                    "bench.git_commit": self._git_commit,
                     **owner_tags(self.invocation),
                 },
             ),
