@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.pipeline.cell import CellRunner
+from bench.pipeline.cell import CellRunner, finished_result
 from bench.pipeline.config import Cell, CellOutcome, PlannedCell, RunConfig
 from bench.pipeline.events import (
     CellAborted,
@@ -61,7 +61,7 @@ from bench.pipeline.events import (
 )
 from bench.pipeline.plan import GridPlan, InitState, plan_cell, plan_grid
 from bench.pipeline.prepare import DatasetContext, prepare_dataset
-from bench.pipeline.store import check_results_dir, inspect_result
+from bench.pipeline.store import check_results_dir
 
 #: How to install the optional Ray extra.
 RAY_INSTALL_HINT = 'pip install "czsl-bench[ray]" (in a source checkout: pip install -e ".[ray]")'
@@ -318,19 +318,20 @@ def cell_task(
 
 
 class StatusBoard:
-    """A tiny Ray actor: tasks post events (start, run, epoch), the driver drains them."""
+    """A tiny Ray actor: tasks post ``(job key, event)`` pairs (task started, cell started,
+    epoch ended), the driver drains them."""
 
     def __init__(self) -> None:
-        self._events: list[tuple[Any, ...]] = []
+        self._posted: list[tuple[int, Any]] = []
 
-    def post(self, event: tuple[Any, ...]) -> None:
-        """Record one event."""
-        self._events.append(event)
+    def post(self, posted: tuple[int, Any]) -> None:
+        """Record one event of one job."""
+        self._posted.append(posted)
 
-    def drain(self) -> list[tuple[Any, ...]]:
+    def drain(self) -> list[tuple[int, Any]]:
         """Every event since the last call."""
-        events, self._events = self._events, []
-        return events
+        posted, self._posted = self._posted, []
+        return posted
 
 
 # ------------------------------------------------------------------------------ driver
@@ -629,12 +630,10 @@ class _GridRun:
         for planned in prepared["planned"]:
             cell, path = planned.cell, planned.path
             if not self.config.rerun:
-                existing, problem = inspect_result(path, planned.config_hash)
+                existing = finished_result(planned, self.events)
                 if existing is not None:
                     self.settle(CellSkipped(CellOutcome(cell, "skipped", existing, path=path)))
                     continue
-                if problem is not None:
-                    self.events.warn(f"result file {path} {problem}; redoing the cell")
             job = _Job(len(self.jobs), planned)
             self.jobs[job.key] = job
             resources = task_resources(get_method_class(cell.method).trains, self.gpus)

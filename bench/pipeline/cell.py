@@ -88,6 +88,14 @@ def versions() -> dict[str, str]:
     }
 
 
+def finished_result(planned: PlannedCell, events: EventBus) -> dict[str, Any] | None:
+    """The cell's finished result, or None; an unusable result file is reported (and redone)."""
+    existing, problem = inspect_result(planned.path, planned.config_hash)
+    if problem is not None:
+        events.warn(f"result file {planned.path} {problem}; redoing the cell")
+    return existing
+
+
 class CellRunner:
     """Runs planned cells of one grid, reporting through ``events``.
 
@@ -122,11 +130,9 @@ class CellRunner:
         cell, path, config_hash = planned.cell, planned.path, planned.config_hash
         rerun = self.config.rerun
         if not rerun:
-            existing, problem = inspect_result(path, config_hash)
+            existing = finished_result(planned, self.events)
             if existing is not None:
                 return self._skipped(planned, existing, locked=False)
-            if problem is not None:
-                self.events.warn(f"result file {path} {problem}; redoing the cell")
         lock = cell_lock(self.config.results_dir, cell, path, self.owner)
         with writing(lock.path):
             acquired = lock.acquire(blocking=False)
