@@ -6,6 +6,7 @@ stays instant. Every ``BenchError`` becomes one line on stderr and exit status 2
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -66,12 +67,7 @@ def cli() -> None:
 
 def _register() -> None:
     for module_name in ("data", "run", "backbone", "report"):
-        try:
-            module = __import__(f"bench.cli.{module_name}", fromlist=["COMMANDS"])
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name != f"bench.cli.{module_name}":
-                raise
-            continue
+        module = importlib.import_module(f"bench.cli.{module_name}")
         for command in module.COMMANDS:
             cli.add_command(command)
 
