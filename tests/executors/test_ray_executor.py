@@ -293,6 +293,7 @@ def _setup(results: Path) -> Any:
     return TaskSetup(os.getcwd(), str(marker), "token", str(results))
 
 
+@pytest.mark.slow
 def test_cell_task_runs_the_drivers_plan_without_replanning(
     monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
 ) -> None:

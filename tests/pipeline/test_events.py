@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from bench.executors.local import LocalExecutor
@@ -52,6 +53,7 @@ def _kinds(events: list[Any]) -> list[str]:
     return [type(e).__name__ for e in events if not isinstance(e, Message)]
 
 
+@pytest.mark.slow
 def test_observer_receives_a_grids_events_in_order(tiny_root: Path, tmp_path: Path) -> None:
     recorder = Recorder()
     outcomes = LocalExecutor(_config(tiny_root, tmp_path), EventBus([recorder])).run()
