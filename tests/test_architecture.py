@@ -12,8 +12,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import bench
 
 PACKAGE_ROOT = Path(bench.__file__).resolve().parent
@@ -147,7 +145,6 @@ def test_backbones_package_has_no_cycle_and_no_private_imports() -> None:
     assert _private_uses(graph) == []
 
 
-@pytest.mark.xfail(reason="until the issue-12 refactor lands", strict=False)
 def test_bench_package_has_no_cycle_and_no_private_imports() -> None:
     graph = _graph("bench")
     assert _cycles(graph) == []

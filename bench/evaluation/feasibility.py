@@ -14,7 +14,7 @@ import numpy as np
 
 from bench.evaluation.protocol import (
     ScoreInput,
-    _as_pairs,
+    as_pairs,
     collect_row_stats,
     evaluate_scores,
     metrics_from_stats,
@@ -33,8 +33,8 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 def seen_columns(pairs: Any, seen_pairs: Any) -> np.ndarray:
     """(P,) bool: whether each candidate pair is a training pair."""
-    pairs = _as_pairs(pairs)
-    seen = {tuple(p) for p in _as_pairs(seen_pairs).tolist()}
+    pairs = as_pairs(pairs)
+    seen = {tuple(p) for p in as_pairs(seen_pairs).tolist()}
     return np.array([tuple(p) in seen for p in pairs.tolist()], dtype=bool)
 
 
@@ -56,8 +56,8 @@ def feasibility_scores(
     Returns:
         (P,) float32 feasibility scores.
     """
-    pairs = _as_pairs(pairs)
-    seen_pairs = _as_pairs(seen_pairs)
+    pairs = as_pairs(pairs)
+    seen_pairs = as_pairs(seen_pairs)
     attr_sim = _normalise(attr_vectors) @ _normalise(attr_vectors).T
     obj_sim = _normalise(obj_vectors) @ _normalise(obj_vectors).T
     n_attrs, n_objs = len(attr_sim), len(obj_sim)
@@ -136,7 +136,7 @@ def select_threshold(
     """
     if mode not in FEASIBILITY_MODES:
         raise ValueError(f"unknown feasibility mode {mode!r}; choose from {FEASIBILITY_MODES}")
-    pairs = _as_pairs(pairs)
+    pairs = as_pairs(pairs)
     seen = seen_columns(pairs, seen_pairs)
     thresholds = candidate_thresholds(feasibility, seen, n_thresholds)
     if thresholds.size == 0:

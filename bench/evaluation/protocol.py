@@ -64,7 +64,12 @@ class RowStats:
     topk: int
 
 
-def _as_pairs(pairs: Any) -> np.ndarray:
+def as_pairs(pairs: Any) -> np.ndarray:
+    """``pairs`` as a (P, 2) int64 array (an empty input gives shape (0, 2)).
+
+    Raises:
+        ValueError: If the array is not of shape (P, 2).
+    """
     array = np.asarray(pairs, dtype=np.int64)
     if array.size == 0:
         return array.reshape(0, 2)
@@ -121,8 +126,8 @@ def collect_row_stats(
     attr_idx = np.asarray(attr_idx, dtype=np.int64)
     obj_idx = np.asarray(obj_idx, dtype=np.int64)
     n_images = len(attr_idx)
-    pairs = _as_pairs(pairs)
-    seen_pairs = _as_pairs(seen_pairs)
+    pairs = as_pairs(pairs)
+    seen_pairs = as_pairs(seen_pairs)
     n_candidates = len(pairs)
     column_bins = np.asarray(column_bins, dtype=np.int64)
     bin_seen = np.asarray(bin_seen, dtype=bool)
@@ -293,7 +298,7 @@ def metrics_from_stats(
         The metrics dict documented in ``evaluate_scores``.
     """
     included = np.asarray(included, dtype=bool)
-    pairs = _as_pairs(pairs)
+    pairs = as_pairs(pairs)
     attr_idx = np.asarray(attr_idx, dtype=np.int64)
     obj_idx = np.asarray(obj_idx, dtype=np.int64)
     seen_images = stats.image_seen
@@ -382,8 +387,8 @@ def mask_bins(
     Returns:
         ``(column_bins, bin_seen, included)``.
     """
-    pairs = _as_pairs(pairs)
-    seen_pairs = _as_pairs(seen_pairs)
+    pairs = as_pairs(pairs)
+    seen_pairs = as_pairs(seen_pairs)
     n_objs = int(max(pairs[:, 1].max(initial=0), seen_pairs[:, 1].max(initial=0))) + 1
     seen_column = np.isin(_pair_codes(pairs, n_objs), _pair_codes(seen_pairs, n_objs))
     allowed = (
