@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -217,7 +218,7 @@ def report(
 def ui(results_dir: Path, tracking_uri: str | None, host: str | None, port: int) -> None:
     """Start the MLflow UI for the harness's tracking store (Ctrl-C stops it)."""
     from bench.report import ui as lib
-    from bench.tracking.client import resolve_tracking_uri
+    from bench.tracking.client import czsl_experiments, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, results_dir)
     default_store = not tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI")
@@ -235,10 +236,19 @@ def ui(results_dir: Path, tracking_uri: str | None, host: str | None, port: int)
         port,
         artifacts_destination=results_dir / "mlartifacts" if default_store else None,
     )
-    click.echo(
-        f"MLflow UI for {uri} at {lib.ui_url(host or lib.DEFAULT_UI_HOST, port)} (Ctrl-C stops it)"
-    )
-    status = lib.serve_ui(command)
+    base_url = lib.ui_url(host or lib.DEFAULT_UI_HOST, port)
+    click.echo(f"MLflow UI for {uri} at {base_url} (Ctrl-C stops it)")
+    try:
+        experiments = czsl_experiments(uri)
+    except Exception:  # noqa: BLE001 - the links are a convenience; the UI reports store errors
+        experiments = []
+    if experiments:
+        links = lib.experiment_links(base_url, experiments)
+        click.echo("Runs compared, per experiment:\n" + "\n".join(links))
+    try:
+        status = lib.serve_ui(command)
+    except lib.UiStopped as stopped:
+        sys.exit(stopped.exit_status)
     if status:
         raise BenchError(
             f"the MLflow UI exited with status {status} (is port {port} already in use? try --port)"

@@ -78,6 +78,16 @@ def czsl_experiment_ids(client: Any, datasets: Sequence[str] | None = None) -> l
     ]
 
 
+def czsl_experiments(tracking_uri: str) -> list[tuple[str, str]]:
+    """(id, name) of the harness's experiments in the store, by name."""
+    client = open_client(tracking_uri)
+    experiments = retry_locked(lambda: client.search_experiments(max_results=PAGE_SIZE))
+    return sorted(
+        ((e.experiment_id, e.name) for e in experiments if e.name.startswith(EXPERIMENT_PREFIX)),
+        key=lambda item: item[1],
+    )
+
+
 def search_runs(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:
     """Every run matching ``filter_string``, newest first (all pages)."""
     runs: list[Any] = []

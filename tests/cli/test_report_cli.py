@@ -7,6 +7,7 @@ ViT-L-14:openai, so that ``--compare-paper`` has something to compare); no real 
 from __future__ import annotations
 
 import io
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench import report as lib
+from bench.tracking import client as tracking_client
 from bench.cli import cli
 from bench.io import atomic_write_json, sha256_json
 from bench.report import ui
@@ -245,6 +247,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         return 0
 
     monkeypatch.setattr(ui, "serve_ui", fake_serve)
+    monkeypatch.setattr(tracking_client, "czsl_experiments", lambda uri: [])
     return commands
 
 
@@ -266,6 +269,32 @@ def test_ui_defaults_to_loopback(
     )
     assert "http://127.0.0.1:5000" in result.stdout
     assert "warning" not in result.stderr
+
+
+def test_ui_prints_each_experiments_runs_address(
+    runner: CliRunner, tmp_path: Path, served: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    monkeypatch.setattr(tracking_client, "czsl_experiments", lambda uri: [("3", "czsl/mit-states")])
+    result = invoke(runner, "ui", "--results-dir", tmp_path, "--port", "5001")
+    assert result.exit_code == 0, result.output
+    assert (
+        "czsl/mit-states: http://127.0.0.1:5001/#/experiments/3/runs"
+        "?workflowType=machine_learning&viewStateShareKey=bench"
+    ) in result.stdout
+
+
+def test_ui_stopped_by_sigterm_exits_143(
+    runner: CliRunner, tmp_path: Path, served: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mlflow.db").write_bytes(b"")
+
+    def stopped(command: Sequence[str]) -> int:
+        raise ui.UiStopped(signal.SIGTERM)
+
+    monkeypatch.setattr(ui, "serve_ui", stopped)
+    result = invoke(runner, "ui", "--results-dir", tmp_path)
+    assert result.exit_code == 143 and "exited with status" not in result.stderr
 
 
 def test_ui_explicit_host_warns(runner: CliRunner, served: list[list[str]]) -> None:
