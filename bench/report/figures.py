@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -26,6 +27,17 @@ def figure_slug(text: str) -> str:
 
 
 def _auc_bars(frame: pd.DataFrame, dataset: str, stem: Path) -> list[Path]:
+    figure = auc_bars_figure(frame, dataset)
+    return save_figure(figure, [stem.with_suffix(suffix) for suffix in (".png", ".pdf")])
+
+
+def auc_bars_figure(frame: pd.DataFrame, dataset: str) -> Any:
+    """A matplotlib figure of AUC per row label (mean ± std bars, one per world) of ``dataset``.
+
+    Args:
+        frame: Rows of :func:`~bench.report.aggregate.aggregate`'s summary for one dataset.
+        dataset: The dataset's name, for the title.
+    """
     labels = list(dict.fromkeys(frame.sort_values("row_order", kind="stable")["label"]))
     worlds = list(dict.fromkeys(frame["world"]))
     width = 0.8 / len(worlds)
@@ -49,7 +61,7 @@ def _auc_bars(frame: pd.DataFrame, dataset: str, stem: Path) -> list[Path]:
     axis.grid(axis="y", alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    return save_figure(figure, [stem.with_suffix(suffix) for suffix in (".png", ".pdf")])
+    return figure
 
 
 def write_figures(

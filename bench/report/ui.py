@@ -12,6 +12,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.tracking.client import RUNS_VIEW_KEY
+
 DEFAULT_UI_HOST = "127.0.0.1"
 DEFAULT_UI_PORT = 5000
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -20,9 +22,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if os.name == "pos
 # One uvicorn worker serves one user's browser; MLflow's job runner (seven huey consumers) only
 # runs GenAI jobs. Without both the server is 2 processes instead of 15 and starts 3x faster.
 UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-# The shared view (experiment tag ``mlflow.sharedViewState.<key>``) that bench run saves on
-# each experiment: the runs table as the comparison (see bench.tracking).
-RUNS_VIEW_KEY = "bench"
 
 
 def ui_url(host: str, port: int) -> str:
@@ -32,6 +31,8 @@ def ui_url(host: str, port: int) -> str:
 
 def runs_url(base_url: str, experiment_id: str) -> str:
     """The address of an experiment's runs table, opened on bench's comparison view.
+
+    The view is the one ``bench run`` saves on the experiment (:data:`RUNS_VIEW_KEY`).
 
     MLflow 3.17 picks the experiment page's view from the browser's global workflow switch
     (default GenAI), not from the ``mlflow.experimentKind`` tag, so the URL chooses it.

@@ -31,6 +31,37 @@ METRIC_KEYS = {
 PAGE_SIZE = 1000
 
 
+#: The experiment tag that names a shared view of the runs table, opened with the URL
+#: parameter ``viewStateShareKey=<key>`` (see :func:`bench.report.ui.runs_url`).
+RUNS_VIEW_KEY = "bench"
+#: The metrics every cell's child run carries and the runs table shows.
+HEADLINE_METRICS = ("test/cw/auc", "test/cw/hm", "test/ow/auc", "test/ow/hm")
+#: A remote tracking server that is down fails a call at once (MLflow's default: 7 retries
+#: with backoff, ~4 minutes per call); results are on disk and the next run backfills.
+FAIL_FAST_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def runs_view_state(methods: Sequence[str]) -> dict[str, Any]:
+    """The runs table as the comparison: finished cells grouped by method, headline columns.
+
+    Only FINISHED cells: a half-logged run of a killed attempt would count twice in the
+    group's average.
+    """
+    columns = [f"params.`{name}`" for name in ("method", "dataset", "seed", "backbone")]
+    columns += ["params.`eval.protocol`"] + [f"metrics.`{name}`" for name in HEADLINE_METRICS]
+    return {
+        "searchFilter": "tags.`bench.role` = 'cell' and attributes.status = 'FINISHED'",
+        "orderByKey": f"metrics.`{HEADLINE_METRICS[0]}`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "param", "groupByData": "method"}],
+        },
+        "groupsExpanded": {f"param.method.{method}": True for method in methods},
+    }
+
+
 def experiment_name(dataset: str) -> str:
     """The experiment of ``dataset``'s runs."""
     return f"{EXPERIMENT_PREFIX}{dataset}"
@@ -52,6 +83,8 @@ def open_client(tracking_uri: str) -> Any:
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    for key, value in FAIL_FAST_ENV.items():
+        os.environ.setdefault(key, value)  # read per request by MLflow's HTTP client
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
 

@@ -54,6 +54,7 @@ class MlflowObserver:
         self._parents: dict[str, str | None] = {}
         self._logged: dict[str, set[str]] = {}
         self._cell_runs: dict[Cell, str] = {}
+        self._results: dict[str, list[dict[str, Any]]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             GridPlanned: self._grid_planned,
             DatasetPrepared: self._dataset_prepared,
@@ -140,13 +141,34 @@ class MlflowObserver:
         )
 
     def _dataset_finished(self, event: DatasetFinished) -> None:
-        """Close the dataset's parent run."""
+        """Close the dataset's parent run (with the comparison, when every cell finished)."""
+        results = self._results.pop(event.dataset, [])
         if self._parents.pop(event.dataset, None) is None:
             return
+        if event.status == "FINISHED":
+            self._log_comparison(event.dataset, results)
         self._track(
             "closing the parent run",
             lambda tracker: tracker.finish_parent(event.dataset, self.invocation, event.status),
         )
+
+    def _log_comparison(self, dataset: str, results: list[dict[str, Any]]) -> None:
+        """The runs view and the parent run's comparison table, figure and description."""
+        from bench.plots import pyplot
+        from bench.report import record_from_result
+        from bench.report.comparison import dataset_comparison
+
+        self._track(
+            "saving the runs view",
+            lambda tracker: tracker.set_runs_view(dataset, self.config.methods),
+        )
+        comparison = dataset_comparison([record_from_result(r) for r in results], dataset)
+        if comparison is not None:
+            self._track(
+                "logging the comparison",
+                lambda tracker: tracker.log_comparison(dataset, self.invocation, comparison),
+            )
+            pyplot().close(comparison.figure)
 
     # ------------------------------------------------------------------ cells
     def _cell_started(self, event: CellStarted) -> None:
@@ -184,6 +206,8 @@ class MlflowObserver:
     def _cell_finished(self, event: CellFinished) -> None:
         """Log the finished cell into its run (one is created if its start was not seen)."""
         outcome = event.outcome
+        if outcome.result is not None:
+            self._results.setdefault(outcome.cell.dataset, []).append(outcome.result)
         if outcome.cell not in self._cell_runs and outcome.result is not None:
             self._start_cell_run(outcome.cell, outcome.result["config_hash"])
         self._log_finished(outcome, self._cell_runs.pop(outcome.cell, None))
@@ -211,6 +235,8 @@ class MlflowObserver:
         outcome = event.outcome
         result, path = outcome.result, outcome.path
         dataset = outcome.cell.dataset
+        if result is not None:
+            self._results.setdefault(dataset, []).append(result)
         if self._parents.get(dataset) is None or self._off or result is None or path is None:
             return
         config_hash = result.get("config_hash")

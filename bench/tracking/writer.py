@@ -22,6 +22,7 @@ from bench.constants import EVAL_SPLITS, WORLDS
 from bench.errors import BenchError
 from bench.tracking.client import (
     METRIC_KEYS,
+    RUNS_VIEW_KEY,
     czsl_experiment_ids,
     experiment_name,
     latest_run,
@@ -29,6 +30,7 @@ from bench.tracking.client import (
     log_params,
     open_client,
     retry_locked,
+    runs_view_state,
     search_runs,
     set_tags,
 )
@@ -224,6 +226,35 @@ class Tracker:
         run_id = self._parents.get(f"{invocation}/{dataset}")
         if run_id:
             self.end_run(run_id, status)
+
+    def set_runs_view(self, dataset: str, methods: Sequence[str]) -> None:
+        """Make ``dataset``'s experiment open on its runs, compared (:func:`runs_view_state`).
+
+        ``mlflow.experimentKind`` picks the classic runs view in MLflow 3 UIs that read it
+        (3.17 follows a browser setting instead, which :func:`bench.report.ui.runs_url` sets).
+        """
+        experiment_id = self._experiment_id(dataset)
+        for key, value in (
+            ("mlflow.experimentKind", "custom_model_development"),
+            (f"mlflow.sharedViewState.{RUNS_VIEW_KEY}", json.dumps(runs_view_state(methods))),
+        ):
+            retry_locked(lambda k=key, v=value: self.client.set_experiment_tag(experiment_id, k, v))
+
+    def log_comparison(self, dataset: str, invocation: str, comparison: Any) -> None:
+        """Put a :class:`bench.report.comparison.Comparison` on the dataset's parent run.
+
+        The table and the figure go to its Artifacts tab, the Markdown to its description
+        (the run page's Overview).
+        """
+        run_id = self._parents.get(f"{invocation}/{dataset}")
+        if not run_id:
+            return
+        stem = f"comparison/{dataset}"
+        retry_locked(lambda: self.client.log_table(run_id, comparison.table, f"{stem}.json"))
+        retry_locked(lambda: self.client.log_figure(run_id, comparison.figure, f"{stem}-auc.png"))
+        retry_locked(
+            lambda: self.client.set_tag(run_id, "mlflow.note.content", comparison.markdown)
+        )
 
     def log_cell(
         self,

@@ -126,6 +126,38 @@ def test_mlflow_runs_params_metrics(finished_run):
 
 
 @pytest.mark.slow
+def test_mlflow_parent_run_is_the_comparison(finished_run, tmp_path):
+    """The experiment's saved runs view and the parent's table, figure and description."""
+    import mlflow
+
+    from bench.tracking.client import HEADLINE_METRICS, RUNS_VIEW_KEY
+
+    client = mlflow.MlflowClient(f"sqlite:///{finished_run['results'] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("czsl/synthetic-tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"])
+    assert "attributes.status = 'FINISHED'" in view["searchFilter"]
+    assert view["groupsExpanded"] == {f"param.method.{m}": True for m in METHODS.split(",")}
+    assert {f"metrics.`{m}`" for m in HEADLINE_METRICS} <= set(view["selectedColumns"])
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`bench.role` = 'parent'")
+    for child in client.search_runs([experiment.experiment_id], "tags.`bench.role` = 'cell'"):
+        assert set(HEADLINE_METRICS) <= set(child.data.metrics)
+    run_id = parent.info.run_id
+    logged = json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "comparison/synthetic-tiny.json", "type": "table"} in logged
+    # (MlflowClient.load_table searches the global tracking URI, not the client's)
+    table_file = client.download_artifacts(run_id, "comparison/synthetic-tiny.json", str(tmp_path))
+    table = json.loads(Path(table_file).read_text())
+    table = dict(zip(table["columns"], zip(*table["data"])))
+    assert list(table["method"]) == METHODS.split(",")
+    assert {"seeds", "cw AUC", "cw HM", "ow AUC", "ow HM"} <= set(table)
+    artifacts = {a.path for a in client.list_artifacts(run_id, "comparison")}
+    assert "comparison/synthetic-tiny-auc.png" in artifacts
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("| Method |") and "| csp |" in note
+
+
+@pytest.mark.slow
 def test_rerun_skips_and_flag_redoes(finished_run):
     files = _result_files(finished_run["results"])
     stamps = {f: f.stat().st_mtime_ns for f in files}
