@@ -283,10 +283,12 @@ def cell_task(
         hook: Called with the cell before it runs (fault injection in tests).
 
     Returns:
-        ``{"status", "result", "error", "path", "host", "messages"}``; a BenchError comes
-        back as status "failed" (not retried), any other exception propagates to Ray.
+        ``{"status", "result", "error", "path", "host", "node_id", "messages"}``; a
+        BenchError comes back as status "failed" (not retried), any other exception
+        propagates to Ray.
     """
     host = socket.gethostname()
+    node_id = import_ray().get_runtime_context().get_node_id()
     relay = _TaskRelay(board, key)
     relay.post(TaskStarted(planned.cell, host))
     console, buffer = _quiet_console()
@@ -305,6 +307,7 @@ def cell_task(
             "error": str(exc),
             "path": None,
             "host": host,
+            "node_id": node_id,
             "messages": relay.messages + _console_messages(buffer),
         }
     return {
@@ -313,6 +316,7 @@ def cell_task(
         "error": outcome.error,
         "path": outcome.path,
         "host": host,
+        "node_id": node_id,
         "messages": relay.messages + _console_messages(buffer),
     }
 
@@ -664,9 +668,11 @@ class _GridRun:
         result = payload.get("result")
         error = payload.get("error")
         if status == "done" and result is not None:
-            self.settle(
-                CellFinished(CellOutcome(job.cell, status, result, path=path), payload.get("host"))
-            )
+            # Where it ran (the driver's copy; the result file is the local executor's).
+            host, node = payload.get("host"), payload.get("node_id") or ""
+            result = {**result, "executor": {"kind": "ray", "host": host, "node_id": node}}
+            where = f"{host} (Ray node {node[:8]})"
+            self.settle(CellFinished(CellOutcome(job.cell, status, result, path=path), where))
         elif status == "skipped" and result is not None:  # finished by another process
             self.settle(CellSkipped(CellOutcome(job.cell, status, result, path=path)))
         elif status == "elsewhere":

@@ -283,6 +283,8 @@ class Tracker:
             ).lower(),
             "bench.augment": result["config"].get("augment", "none"),
         }
+        for key, value in (result.get("executor") or {}).items():
+            tags[f"bench.executor.{key}"] = str(value)
         if result.get("resumed_from_run"):
             tags["bench.resumed_from_run"] = result["resumed_from_run"]
         resumed_epoch = (result.get("fit") or {}).get("resumed_from_epoch")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from grids import grid_config, metrics_by_cell, output, quiet_events
 from rich.console import Console
 from rich.progress import Progress, TextColumn
 
@@ -27,34 +28,6 @@ from bench.executors import LocalExecutor, RayExecutor, task_resources
 from bench.executors.observers import default_events
 from bench.pipeline.config import Cell, CellOutcome, RunConfig
 from bench.pipeline.events import EventBus
-
-
-def _config(tiny_root: Path, results: Path, **overrides: Any) -> RunConfig:
-    settings: dict[str, Any] = {
-        "methods": ("clip", "coop"),
-        "datasets": ("synthetic-tiny",),
-        "seeds": (0, 1),
-        "backbone": "tiny-random",
-        "epochs": 1,
-        "data_root": tiny_root,
-        "results_dir": results,
-        "log_mlflow": False,
-    }
-    settings.update(overrides)
-    return RunConfig(**settings)
-
-
-def _events(config: RunConfig, progress: Any = None) -> EventBus:
-    """The observers of ``bench run`` on a console that writes into a buffer."""
-    return default_events(config, Console(file=io.StringIO(), width=200), progress)
-
-
-def _output(events: EventBus) -> str:
-    return events.observers[0].console.file.getvalue()  # type: ignore[attr-defined]
-
-
-def _metrics(outcomes: list[Any]) -> dict[str, Any]:
-    return {o.cell.label: o.result["metrics"] for o in outcomes}
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +51,17 @@ def ray_grid(
     ray_session: Any, tiny_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """The same 2 methods x 2 seeds grid run locally and on Ray (with MLflow)."""
-    local_config = _config(tiny_root, tmp_path_factory.mktemp("local"))
-    local_outcomes = LocalExecutor(local_config, _events(local_config)).run()
+    local_config = grid_config(tiny_root, tmp_path_factory.mktemp("local"))
+    local_outcomes = LocalExecutor(local_config, quiet_events(local_config)).run()
     results = tmp_path_factory.mktemp("ray")
-    config = _config(tiny_root, results, log_mlflow=True)
-    events = _events(config)
+    config = grid_config(tiny_root, results, log_mlflow=True)
+    events = quiet_events(config)
     outcomes = RayExecutor(config, events).run()
     return {
         "results": results,
         "local": local_outcomes,
         "outcomes": outcomes,
-        "output": _output(events),
+        "output": output(events),
         "config": config,
     }
 
@@ -98,7 +71,7 @@ def test_ray_grid_matches_local_executor(ray_grid: dict[str, Any]) -> None:
     outcomes = ray_grid["outcomes"]
     assert [o.cell for o in outcomes] == [o.cell for o in ray_grid["local"]]
     assert [o.status for o in outcomes] == ["done"] * 4
-    assert _metrics(outcomes) == _metrics(ray_grid["local"])
+    assert metrics_by_cell(outcomes) == metrics_by_cell(ray_grid["local"])
     for outcome in outcomes:
         assert outcome.path is not None and outcome.path.is_file()
         on_disk = json.loads(outcome.path.read_text())
@@ -138,9 +111,9 @@ def test_driver_logs_every_cell_to_mlflow(ray_grid: dict[str, Any]) -> None:
 def test_rerun_skips_finished_cells(ray_grid: dict[str, Any]) -> None:
     stamps = {o.path: o.path.stat().st_mtime_ns for o in ray_grid["outcomes"]}
     config = ray_grid["config"]
-    outcomes = RayExecutor(config, _events(config)).run()
+    outcomes = RayExecutor(config, quiet_events(config)).run()
     assert [o.status for o in outcomes] == ["skipped"] * 4
-    assert _metrics(outcomes) == _metrics(ray_grid["outcomes"])
+    assert metrics_by_cell(outcomes) == metrics_by_cell(ray_grid["outcomes"])
     assert {o.path: o.path.stat().st_mtime_ns for o in outcomes} == stamps
 
 
@@ -173,7 +146,7 @@ def test_failed_cells_are_retried_then_reported(
     }
     counters = tmp_path / "attempts"
     counters.mkdir()
-    config = _config(tiny_root, tmp_path / "results", methods=("clip",), seeds=(0, 1, 2, 3, 4))
+    config = grid_config(tiny_root, tmp_path / "results", methods=("clip",), seeds=(0, 1, 2, 3, 4))
     console = Console(file=io.StringIO(), width=200)
     progress = Progress(TextColumn("{task.description}"), console=console)
     events = default_events(config, console, progress)  # the live view too
@@ -192,25 +165,25 @@ def test_failed_cells_are_retried_then_reported(
     assert attempts == {"clip-s1": 2, "clip-s2": 2, "clip-s3": 2, "clip-s4": 1}
     for outcome in outcomes[:2]:
         assert outcome.path.is_file() and outcome.result["status"] == "complete"
-    assert "clip|synthetic-tiny|s2: FAILED" in _output(events)
+    assert "clip|synthetic-tiny|s2: FAILED" in output(events)
 
 
 @pytest.mark.slow
 def test_gpus_the_cluster_lacks_give_one_line(
     ray_session: Any, tiny_root: Path, tmp_path: Path
 ) -> None:
-    config = _config(tiny_root, tmp_path, methods=("clip",), seeds=(0,))
+    config = grid_config(tiny_root, tmp_path, methods=("clip",), seeds=(0,))
     with pytest.raises(BenchError, match="no node of the Ray cluster has that many GPUs"):
-        RayExecutor(config, _events(config), gpus_per_job=1).run()
+        RayExecutor(config, quiet_events(config), gpus_per_job=1).run()
 
 
 def test_missing_ray_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch, tiny_root: Path, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    config = _config(tiny_root, tmp_path)
+    config = grid_config(tiny_root, tmp_path)
     with pytest.raises(BenchError, match=r'pip install "czsl-bench\[ray\]"'):
-        RayExecutor(config, _events(config))
+        RayExecutor(config, quiet_events(config))
 
 
 @pytest.mark.parametrize(
@@ -224,9 +197,9 @@ def test_missing_ray_says_how_to_install(
 def test_bad_options_give_one_line(
     options: dict[str, Any], device: str | None, message: str, tiny_root: Path, tmp_path: Path
 ) -> None:
-    config = _config(tiny_root, tmp_path, device=device)
+    config = grid_config(tiny_root, tmp_path, device=device)
     with pytest.raises(BenchError, match=message):
-        RayExecutor(config, _events(config), **options)
+        RayExecutor(config, quiet_events(config), **options)
 
 
 def test_cheap_methods_get_a_quarter_of_the_gpus() -> None:
@@ -304,7 +277,7 @@ def test_cell_task_runs_the_drivers_plan_without_replanning(
     from bench.pipeline import plan
     from bench.pipeline.store import result_path
 
-    config = _config(tiny_root, tmp_path / "results", methods=("clip",), seeds=(0,))
+    config = grid_config(tiny_root, tmp_path / "results", methods=("clip",), seeds=(0,))
     grid = plan.plan_grid(config)
     setup = _setup(config.results_dir)
     prepared = ray_executor.prepare_task(
