@@ -194,7 +194,9 @@ def run(
         TimeRemainingColumn(),
         console=console,
     )
-    events = default_events(config, console, progress)
+    # A log file, CI or a cluster job sees no live progress: a line per cell as it settles.
+    lines = None if sys.stdout.isatty() else sys.stdout
+    events = default_events(config, console, progress, outcome_lines=lines)
     if executor == "ray":
         from bench.executors import RayExecutor
 

@@ -9,7 +9,7 @@ line when they finish or fail.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from bench.constants import WORLDS
 from bench.pipeline.config import Cell, CellOutcome
@@ -35,11 +35,16 @@ class TerminalDisplay:
     Args:
         console: A rich Console for the lines.
         progress: A rich Progress (None: lines only).
+        outcome_lines: Where to write :func:`outcome_line` as each cell settles (for a log
+            file, CI or a cluster job, which see no live progress); None: nowhere.
     """
 
-    def __init__(self, console: Any, progress: Any = None) -> None:
+    def __init__(
+        self, console: Any, progress: Any = None, outcome_lines: TextIO | None = None
+    ) -> None:
         self.console = console
         self.progress = progress
+        self.outcome_lines = outcome_lines
         self._grid_row: Any = None
         self._total = 0
         self._rows: dict[Cell, Any] = {}
@@ -107,6 +112,9 @@ class TerminalDisplay:
     def _settle(self, event: Any) -> None:
         outcome: CellOutcome = event.outcome
         self._end_row(outcome.cell)
+        if self.outcome_lines is not None:
+            self.outcome_lines.write(outcome_line(outcome) + "\n")
+            self.outcome_lines.flush()
         self._counts[outcome.status] = self._counts.get(outcome.status, 0) + 1
         self._hosts.pop(outcome.cell, None)
         if isinstance(event, CellFinished) and event.host:
@@ -142,6 +150,21 @@ class TerminalDisplay:
         self.progress.update(
             self._grid_row, completed=settled, description="grid: " + ", ".join(parts)
         )
+
+
+def outcome_line(outcome: CellOutcome) -> str:
+    """One line for a settled cell: method, dataset, seed, status, cw AUC (%), elapsed."""
+    cell, result = outcome.cell, outcome.result or {}
+    auc = result.get("metrics", {}).get("test", {}).get("cw", {}).get("auc")
+    seconds = result.get("timings", {}).get("total_s")
+    parts = [
+        f"{cell.method} {cell.dataset} seed {cell.seed}: {outcome.status}",
+        f"cw AUC {100 * auc:.1f}" if auc is not None else "cw AUC -",
+        f"{seconds:.1f} s" if isinstance(seconds, int | float) else "-",
+    ]
+    if outcome.error:
+        parts.append(" ".join(outcome.error.split())[:200])
+    return ", ".join(parts)
 
 
 def summary_rows(outcomes: Sequence[CellOutcome]) -> Iterator[dict[str, Any]]:

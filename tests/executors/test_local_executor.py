@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,16 @@ def test_every_cell_writes_a_result_json(finished_run):
 def test_output_says_weights_are_random_and_shows_table(finished_run):
     assert "RANDOM" in finished_run["output"].upper()
     assert "synthetic-tiny" in finished_run["output"] and "cw/AUC" in finished_run["output"]
+
+
+@pytest.mark.slow
+def test_output_not_a_terminal_has_a_line_per_cell_as_it_finishes(finished_run):
+    output = finished_run["output"]
+    table = output.index("Test results")
+    for method in METHODS.split(","):
+        pattern = rf"^{method} synthetic-tiny seed 0: done, cw AUC [0-9.]+, [0-9.]+ s$"
+        line = re.search(pattern, output, re.M)
+        assert line and line.start() < table, output
 
 
 @pytest.mark.slow
