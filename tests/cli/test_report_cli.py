@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from bench import report as lib
-from bench.tracking import client as tracking_client
 from bench.cli import cli
 from bench.io import atomic_write_json, sha256_json
 from bench.report import ui
+from bench.tracking import client as tracking_client
 
 
 def fixture_result(
