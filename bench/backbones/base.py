@@ -27,12 +27,18 @@ from bench.device import autocast
 RANDOM_INIT_SEED = 0
 
 
-def clean_name(name: str) -> str:
+def clean_name(name: str, style: str = "words") -> str:
     """Normalise a dataset attribute/object name for prompts.
 
-    Lowercases, turns ``.`` and ``_`` into spaces and collapses whitespace:
+    ``"words"`` lowercases, turns ``.`` and ``_`` into spaces and collapses whitespace:
     ``"Faux.Fur"`` -> ``"faux fur"``, ``"traffic_light"`` -> ``"traffic light"``.
+    ``"official"`` is the CSP code's rule, ``.`` -> space and lowercase only:
+    ``"traffic_light"`` stays ``"traffic_light"``.
     """
+    if style == "official":
+        return name.replace(".", " ").lower()
+    if style != "words":
+        raise ValueError(f"unknown name cleaning {style!r}; use 'official' or 'words'")
     return " ".join(re.sub(r"[._]", " ", name).lower().split())
 
 
@@ -99,8 +105,8 @@ class TextEncoder(Protocol):
         """(B, L, width) token embeddings of ``tokens`` -> (B, embed_dim) (differentiable)."""
         ...
 
-    def name_embedding(self, name: str) -> torch.Tensor:
-        """Mean token embedding of ``clean_name(name)``'s sub-tokens: (width,)."""
+    def name_embedding(self, name: str, cleaning: str = "words") -> torch.Tensor:
+        """Mean token embedding of ``clean_name(name, cleaning)``'s sub-tokens: (width,)."""
         ...
 
 

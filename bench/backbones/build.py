@@ -56,15 +56,23 @@ def state_dict_digest(model: nn.Module) -> str:
 
 
 def csp_train_transform(preprocess: Callable[[Any], torch.Tensor]) -> Any:
-    """The official CSP training augmentation (horizontal flip, perspective, rotation by up
-    to 5 degrees) followed by ``preprocess``."""
+    """The official CSP training augmentation inside ``preprocess``, in the official order.
+
+    The official code augments the resized, cropped image: Resize(bicubic) -> CenterCrop ->
+    RandomHorizontalFlip -> RandomPerspective -> RandomRotation(5) -> ToTensor -> Normalize.
+    The three augmentations go just before ``preprocess``'s tensor conversion (a step whose
+    class name contains ``ToTensor``); a ``preprocess`` that is not a ``Compose`` with such a
+    step gets them before it as a whole.
+    """
     from torchvision import transforms
 
-    return transforms.Compose(
-        [
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomPerspective(),
-            transforms.RandomRotation(5),
-            preprocess,
-        ]
-    )
+    augmentations = [
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomPerspective(),
+        transforms.RandomRotation(5),
+    ]
+    steps = list(getattr(preprocess, "transforms", []))
+    at = next((i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__), None)
+    if at is None:
+        return transforms.Compose([*augmentations, preprocess])
+    return transforms.Compose([*steps[:at], *augmentations, *steps[at:]])

@@ -186,13 +186,14 @@ class OpenClipBackbone(TorchImageEncoder):
                 x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
         return x.float()
 
-    def name_embedding(self, name: str) -> torch.Tensor:
-        """Mean token embedding of ``clean_name(name)``'s sub-tokens (no SOT/EOT/padding).
+    def name_embedding(self, name: str, cleaning: str = "words") -> torch.Tensor:
+        """Mean token embedding of ``clean_name(name, cleaning)``'s sub-tokens (no
+        SOT/EOT/padding).
 
         Returns:
             (width,) float32 tensor on ``device`` (detached).
         """
-        text = clean_name(name)
+        text = clean_name(name, cleaning)
         ids = self._subtoken_ids(text)
         if not ids:
             raise BenchError(

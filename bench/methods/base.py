@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from bench.backbones import Backbone
     from bench.data.czsl import CZSLDataset
-    from bench.features import FeatureSet
+    from bench.features import FeatureSet, TrainViews
 
 
 #: Most scores per yielded block (128 MB of float32): C-GQA open world has 278,362 columns.
@@ -49,6 +49,13 @@ class FitContext:
             ``train/loss`` and ``val/cw/auc``.
         checkpoint_dir: Folder for per-epoch checkpoints of the trainable state.
         word_vectors: Optional callable mapping names to vectors (word-embedding methods).
+        epoch_selection: "val-auc" (keep the epoch with the best closed-world val AUC) or
+            "last" (the official CSP code's: evaluate the last epoch).
+        name_cleaning: How names become prompt text ("words" or "official", see
+            ``bench.backbones.clean_name``).
+        train_views: With ``augment="paper"``: the pipeline's cache of augmented training
+            views (``bench.features.TrainViews``), shared by the methods of a grid; None
+            re-encodes augmented images live.
     """
 
     dataset: CZSLDataset
@@ -62,6 +69,9 @@ class FitContext:
     on_epoch_end: Callable[[int, Mapping[str, float]], None] = lambda epoch, metrics: None
     checkpoint_dir: Path | None = None
     word_vectors: Any = None
+    epoch_selection: str = "val-auc"
+    name_cleaning: str = "words"
+    train_views: TrainViews | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -16,7 +16,8 @@ class ClipZeroShot(ClipFamilyMethod):
 
     Hyperparameters:
         template: Prompt with ``{attr}`` and ``{obj}`` placeholders (names are cleaned:
-            lowercase, '.' and '_' become spaces).
+            ``FitContext.name_cleaning``: "words" lowercases and turns '.' and '_' into
+            spaces; "official" only turns '.' into spaces and lowercases).
     """
 
     name = "clip"
@@ -25,8 +26,8 @@ class ClipZeroShot(ClipFamilyMethod):
     def _setup(self, ctx: FitContext) -> None:
         template = str(self.hparams.get("template", "a photo of {attr} {obj}"))
         self._template = template
-        self._attr_names = [clean_name(a) for a in self.dataset.attrs]
-        self._obj_names = [clean_name(o) for o in self.dataset.objs]
+        self._attr_names = [clean_name(a, self.name_cleaning) for a in self.dataset.attrs]
+        self._obj_names = [clean_name(o, self.name_cleaning) for o in self.dataset.objs]
 
     def prompts(self, pairs: torch.Tensor) -> list[str]:
         """The prompt text of each (attr_id, obj_id) pair."""

@@ -256,6 +256,8 @@ class ClipFamilyMethod(Method):
         super().__init__(method_hparams(self.name, hparams))
         self.backbone: Backbone | None = None
         self.dataset: Any = None
+        #: ``clean_name`` style of prompts and name vectors (``FitContext.name_cleaning``).
+        self.name_cleaning = "words"
         self.text_batch_size = TEXT_BATCH_SIZE
         self.text_cache = CandidateCache()
 
@@ -268,9 +270,14 @@ class ClipFamilyMethod(Method):
         self.hparams.update({k: v for k, v in ctx.hparams.items() if v is not None})
         if ctx.backbone is None:
             raise BenchError(f"method {self.name} needs a CLIP backbone")
-        if self.backbone is ctx.backbone and self.dataset is ctx.dataset:
+        if (
+            self.backbone is ctx.backbone
+            and self.dataset is ctx.dataset
+            and self.name_cleaning == ctx.name_cleaning
+        ):
             return
         self.backbone, self.dataset = ctx.backbone, ctx.dataset
+        self.name_cleaning = ctx.name_cleaning
         self.invalidate()
         self._setup(ctx)
 

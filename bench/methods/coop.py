@@ -44,10 +44,10 @@ class CoOp(SoftPromptMethod):
         with torch.no_grad():
             context = backbone.token_embeddings(init_tokens)[0, 1 : 1 + self.n_ctx].float()
             self.attr_vectors = torch.stack(
-                [backbone.name_embedding(a).float() for a in dataset.attrs]
+                [backbone.name_embedding(a, self.name_cleaning).float() for a in dataset.attrs]
             ).to(backbone.device)
             self.obj_vectors = torch.stack(
-                [backbone.name_embedding(o).float() for o in dataset.objs]
+                [backbone.name_embedding(o, self.name_cleaning).float() for o in dataset.objs]
             ).to(backbone.device)
         self.context = torch.nn.Parameter(context.clone().to(backbone.device))
 

@@ -38,7 +38,10 @@ class CSP(SoftPromptMethod):
         if self.template.eot < 3:
             raise BenchError(f"template {SOFT_TEMPLATE!r} tokenised too short for CSP")
         with torch.no_grad():
-            rows = [backbone.name_embedding(name).float() for name in self.attrs + self.objs]
+            rows = [
+                backbone.name_embedding(name, self.name_cleaning).float()
+                for name in self.attrs + self.objs
+            ]
         self.vocabulary = torch.nn.Parameter(torch.stack(rows).to(backbone.device))
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:

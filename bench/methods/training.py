@@ -35,6 +35,7 @@ from bench.checkpoints import EpochCheckpointer
 from bench.constants import AUGMENT_CHOICES
 from bench.errors import BenchError
 from bench.methods.base import FitContext, Method
+from bench.protocol import EPOCH_SELECTION_CHOICES
 from bench.seeding import seed_everything
 
 
@@ -192,7 +193,8 @@ class TrainableMethod(Method):
 
     # ------------------------------------------------------------------ the loop
     def fit(self, ctx: FitContext) -> dict[str, Any]:
-        """Train; keep the epoch with the best val AUC.
+        """Train; keep the epoch with the best val AUC (``ctx.epoch_selection`` "val-auc")
+        or the last epoch ("last", as the official CSP code evaluates).
 
         With ``ctx.checkpoint_dir`` set, every epoch ends with a checkpoint of the whole loop;
         a later fit with the same folder and checkpoint key resumes after the last finished
@@ -204,6 +206,11 @@ class TrainableMethod(Method):
             ``fit_info``'s entries and, when it resumed, ``resumed_from_epoch``.
         """
         self._check_augment(ctx.augment)
+        if ctx.epoch_selection not in EPOCH_SELECTION_CHOICES:
+            raise BenchError(
+                f"unknown epoch selection {ctx.epoch_selection!r}; "
+                f"use one of {EPOCH_SELECTION_CHOICES}"
+            )
         generator = seed_everything(ctx.seed)
         self.prepare(ctx)
         epochs = int(self.hparams["epochs"])
@@ -223,7 +230,8 @@ class TrainableMethod(Method):
         self.start_training(ctx)
         optimizer = self.build_optimizer(self.trainable_parameters())
         scheduler = self.build_scheduler(optimizer)
-        tracker = BestEpochTracker()
+        # "last": no tracker, so the final state stays and the summary names the last epoch.
+        tracker = BestEpochTracker() if ctx.epoch_selection == "val-auc" else None
         # Resume after the last finished epoch of an interrupted fit (same key = same cell);
         # the checkpoint also restores the global RNGs that nn.Dropout draws from.
         checkpointer = EpochCheckpointer(
@@ -244,7 +252,7 @@ class TrainableMethod(Method):
             self.finish_epoch(epoch)
             epoch_loss = checkpointer.end_epoch(epoch, losses)
 
-        if tracker.best_state is not None:
+        if tracker is not None and tracker.best_state is not None:
             self.load_trainable_state(tracker.best_state)
         log.update(checkpointer.fit_summary(epochs, epoch_loss), **self.fit_info)
         return log

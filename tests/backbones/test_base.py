@@ -23,6 +23,19 @@ def test_clean_name(name: str, clean: str) -> None:
     assert clean_name(name) == clean
 
 
+@pytest.mark.parametrize(
+    ("name", "clean"),
+    [
+        ("Faux.Fur", "faux fur"),
+        ("traffic_light", "traffic_light"),
+        ("Boots.Mid-Calf", "boots mid-calf"),
+        ("dry-erase_board", "dry-erase_board"),
+    ],
+)
+def test_clean_name_official_only_replaces_dots_and_lowercases(name: str, clean: str) -> None:
+    assert clean_name(name, "official") == clean
+
+
 def _members(protocol: type) -> set[str]:
     """The attributes and public methods a protocol declares, with its bases'."""
     names: set[str] = set()

@@ -75,4 +75,12 @@ def test_encode_images(tiny: Backbone) -> None:
     assert not features.requires_grad
     assert tiny.train_transform(images[0]).shape == (3, 32, 32)
     names = [type(t).__name__ for t in tiny.train_transform.transforms]
-    assert names[:3] == ["RandomHorizontalFlip", "RandomPerspective", "RandomRotation"]
+    # the official CSP order: augment the resized, cropped image
+    assert names[:2] == ["Resize", "CenterCrop"]
+    flip = names.index("RandomHorizontalFlip")
+    assert names[flip : flip + 4] == [
+        "RandomHorizontalFlip",
+        "RandomPerspective",
+        "RandomRotation",
+        "MaybeToTensor",
+    ]

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.errors import BenchError
 from bench.methods.base import FitContext
 from bench.methods.training import TrainableMethod, shuffled_batches
 
@@ -87,13 +88,17 @@ class _Stop(Exception):
 
 
 def _fit(
-    checkpoint_dir: Path | None = None, stop_after: int | None = None, **hparams: Any
+    checkpoint_dir: Path | None = None,
+    stop_after: int | None = None,
+    epoch_selection: str = "val-auc",
+    validate: Any = None,
+    **hparams: Any,
 ) -> tuple[LinearProbe, dict[str, Any], list[int]]:
     hp = {"epochs": 3, "lr": 0.1, "batch_size": 8, **hparams}
     method = LinearProbe(hp)
     epochs: list[int] = []
 
-    def validate(m: LinearProbe) -> float:  # a function of the state: the same after resume
+    def state_validate(m: LinearProbe) -> float:  # a function of the state: same after resume
         m.events.append("validate")
         with torch.no_grad():
             return -float(F.cross_entropy(m.model(m.features), m.labels))
@@ -109,9 +114,10 @@ def _fit(
         features={},
         hparams=hp,
         seed=3,
-        validate=validate,
+        validate=validate or state_validate,
         on_epoch_end=on_epoch_end,
         checkpoint_dir=checkpoint_dir,
+        epoch_selection=epoch_selection,
         extras={"checkpoint_key": "k", "note": lambda message: None},
     )
     return method, method.fit(ctx), epochs
@@ -128,6 +134,30 @@ def test_hooks_run_in_order_and_the_scheduler_steps_per_epoch() -> None:
     assert method.lrs == [0.1, 0.05]
     assert epochs == [1, 2] and log["best_epoch"] == 2 and log["epochs_run"] == 2
     assert log["augment"] == "none" and np.isfinite(log["final_loss"])
+
+
+def test_last_epoch_selection_keeps_the_final_state() -> None:
+    aucs = iter([0.9, 0.5, 0.1])  # the first epoch is the best on validation
+
+    def worsening(m: LinearProbe) -> float:
+        return next(aucs)
+
+    best, best_log, _ = _fit(validate=worsening)
+    aucs = iter([0.9, 0.5, 0.1])
+    last, last_log, _ = _fit(epoch_selection="last", validate=worsening)
+    assert best_log["best_epoch"] == 1 and last_log["best_epoch"] == 3
+    assert last_log["best_val_auc"] is None
+    assert last.events[-1] == "finish 3"  # no earlier state restored
+    assert best.events[-1] == "step"
+    unselected, _, _ = _fit()  # validation on the loss picks the last epoch here
+    for key, value in last.trainable_state().items():
+        assert not torch.equal(best.trainable_state()[key], value)
+        torch.testing.assert_close(unselected.trainable_state()[key], value)
+
+
+def test_unknown_epoch_selection_is_refused() -> None:
+    with pytest.raises(BenchError, match="unknown epoch selection 'best'"):
+        _fit(epoch_selection="best")
 
 
 def test_gradient_accumulation_matches_one_large_batch() -> None:
