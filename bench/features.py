@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +70,9 @@ def _transform(backbone: Backbone, transform: str) -> Callable[[Any], torch.Tens
     raise BenchError(f"unknown feature transform {transform!r}; known: {', '.join(TRANSFORMS)}")
 
 
-def _describe_transform(backbone: Backbone, transform: str) -> str:
+def _describe_transform(backbone: Backbone, transform: Callable[[Any], torch.Tensor]) -> str:
     """A stable text for the transform pipeline (memory addresses stripped)."""
-    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(_transform(backbone, transform)))
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))
     cfg = backbone.preprocess_cfg
     if cfg:
         text += " " + json.dumps(cfg, sort_keys=True, default=str)
@@ -111,7 +113,7 @@ def _key_inputs(backbone: Backbone, dataset: Any, split: str, transform: str) ->
         "fingerprint": dataset.fingerprint,
         "split": split,
         "transform": transform,
-        "transform_description": _describe_transform(backbone, transform),
+        "transform_description": _describe_transform(backbone, _transform(backbone, transform)),
         "images": _images_signature(dataset, split),
     }
 
@@ -152,8 +154,10 @@ def _load_entry(
     inputs: dict[str, Any],
     expected: tuple[np.ndarray, np.ndarray, tuple[str, ...]],
     console: Any,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor | None:
-    """Return the cached features, or None (after a warning if the entry was bad)."""
+    """Return the cached features (stored as ``dtype``), or None (after a warning if the entry
+    was bad)."""
     if not manifest_path.exists():
         return None
     what = f"feature cache entry {manifest_path}"
@@ -191,7 +195,7 @@ def _load_entry(
     attr_expected, obj_expected, paths_expected = expected
     if (
         not isinstance(features, torch.Tensor)
-        or features.dtype != torch.float32
+        or features.dtype != dtype
         or features.ndim != 2
         or features.shape[0] != len(paths_expected)
         or image_paths != paths_expected
@@ -204,12 +208,32 @@ def _load_entry(
 
 
 # --------------------------------------------------------------------------- extraction
-class _ImageFiles(torch.utils.data.Dataset):
-    """Opens images with PIL (RGB) and applies a transform; errors travel as strings."""
+def view_seed(seed: int, epoch: int, image: str) -> int:
+    """The seed of ``image``'s augmented view in ``epoch`` of a run seeded ``seed``.
 
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor]) -> None:
+    It depends on nothing else (not the order, batch or worker), so the cached views and
+    the live re-encoding draw the same view of an image in an epoch.
+    """
+    digest = hashlib.sha256(f"{seed}|{epoch}|{image}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Opens images with PIL (RGB) and applies a transform; errors travel as strings.
+
+    With ``seeds``, image ``i``'s transform draws from the global torch generator seeded with
+    ``seeds[i]`` (the caller's random state is restored afterwards).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        transform: Callable[[Any], torch.Tensor],
+        seeds: Sequence[int] | None = None,
+    ) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.seeds = seeds
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -224,10 +248,14 @@ class _ImageFiles(torch.utils.data.Dataset):
         except Exception as exc:  # PIL raises OSError, ValueError, DecompressionBombError...
             reason = " ".join(str(exc).split())[:160] or type(exc).__name__
             return None, f"cannot read image {path} ({reason}); re-download or replace the file"
-        return self.transform(rgb), None
+        if self.seeds is None:
+            return self.transform(rgb), None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seeds[index])
+            return self.transform(rgb), None
 
 
-def _collate(
+def collate_images(
     batch: list[tuple[torch.Tensor | None, str | None]],
 ) -> tuple[torch.Tensor | None, str | None]:
     for _, error in batch:
@@ -273,13 +301,14 @@ def _encode(
     num_workers: int,
     console: Any,
     label: str,
+    seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, transform),
+        ImageFiles(paths, transform, seeds),
         batch_size=max(1, batch_size),
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=_collate,
+        collate_fn=collate_images,
         pin_memory=torch.device(backbone.device).type == "cuda",
     )
     chunks: list[torch.Tensor] = []
@@ -306,6 +335,7 @@ def _store(
     obj_idx: np.ndarray,
     image_paths: tuple[str, ...],
 ) -> None:
+    """Write an entry: the tensor file first, then the manifest (both atomic)."""
     buffer = io.BytesIO()
     torch.save(
         {
@@ -319,7 +349,16 @@ def _store(
     data = buffer.getvalue()
     with contextlib.suppress(FileNotFoundError):
         manifest_path.unlink()  # no manifest may vouch for a tensor file being replaced
-    atomic_write_bytes(tensor_path, data)
+    try:
+        atomic_write_bytes(tensor_path, data)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise BenchError(
+            f"disk full: cannot write {tensor_path.name} ({len(data):,} bytes) into "
+            f"{tensor_path.parent}; nothing was written. Free space or use another "
+            "--results-dir, then rerun"
+        ) from None
     atomic_write_json(
         manifest_path,
         {
@@ -345,6 +384,14 @@ def _store(
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         },
     )
+
+
+def _console(console: Any) -> Any:
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    return console
 
 
 def extract_features(
@@ -373,10 +420,7 @@ def extract_features(
     Raises:
         BenchError: A missing or unreadable image (named), or an unknown split/transform.
     """
-    if console is None:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+    console = _console(console)
     samples = _split_samples(dataset, split)
     attr_idx, obj_idx = (np.asarray(ids, dtype=np.int64) for ids in dataset.labels(split))
     image_paths = tuple(sample.image for sample in samples)
@@ -403,3 +447,111 @@ def extract_features(
         tensor_path, manifest_path, key, inputs, backbone, features, attr_idx, obj_idx, image_paths
     )
     return FeatureSet(features, attr_idx, obj_idx, image_paths, cache_hit=False, key=key)
+
+
+# ------------------------------------------------------------------ augmented training views
+class TrainViews:
+    """The training images' augmented views per epoch, encoded once and shared.
+
+    Epoch ``e`` of a run seeded ``seed`` is one randomly augmented view of every training
+    image (``backbone.train_transform``, each image's view seeded by ``view_seed(seed, e,
+    image)``), encoded by the frozen image encoder and stored in fp16 in the feature cache
+    (``train-paper-s<seed>-e<epoch>-*.pt`` beside the split features, written atomically,
+    manifest last). Every method of a grid that trains on these views with the same
+    backbone, dataset and seed reads the stored epoch instead of re-encoding it.
+
+    Attributes:
+        encoded: Epochs this object encoded (the rest came from the cache).
+        cached: Epochs this object read from the cache.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        dataset: Any,
+        results_dir: Path,
+        seed: int,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        console: Any = None,
+    ) -> None:
+        self.backbone, self.dataset, self.seed = backbone, dataset, seed
+        self.results_dir = Path(results_dir)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.console = _console(console)
+        self.encoded: list[int] = []
+        self.cached: list[int] = []
+        self._checked_disk = False
+
+    def _inputs(self, epoch: int) -> dict[str, Any]:
+        inputs = _key_inputs(self.backbone, self.dataset, "train", "eval")
+        inputs["transform"] = f"paper-s{self.seed}-e{epoch}"
+        inputs["transform_description"] = _describe_transform(
+            self.backbone, self.backbone.train_transform
+        )
+        inputs.update(seed=int(self.seed), epoch=int(epoch), dtype="float16")
+        return inputs
+
+    def epoch(self, epoch: int) -> FeatureSet:
+        """Epoch ``epoch``'s view features: (N, D) float32 (fp16 values), in sample order."""
+        samples = _split_samples(self.dataset, "train")
+        attr_idx, obj_idx = (
+            np.asarray(ids, dtype=np.int64) for ids in self.dataset.labels("train")
+        )
+        image_paths = tuple(sample.image for sample in samples)
+        inputs = self._inputs(epoch)
+        key = sha256_json(inputs)[:32]
+        tensor_path, manifest_path = _entry_paths(self.results_dir, inputs, key)
+        expected = (attr_idx, obj_idx, image_paths)
+        cached = _load_entry(
+            tensor_path, manifest_path, key, inputs, expected, self.console, torch.float16
+        )
+        if cached is not None:
+            self.cached.append(epoch)
+            return FeatureSet(cached.float(), attr_idx, obj_idx, image_paths, True, key)
+        self._check_disk(tensor_path.parent, len(samples))
+        features = _encode(
+            self.backbone,
+            [self.dataset.image_path(sample) for sample in samples],
+            self.backbone.train_transform,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            console=self.console,
+            label=f"views {self.dataset.name}/train epoch {epoch}",
+            seeds=[view_seed(self.seed, epoch, image) for image in image_paths],
+        ).half()
+        _store(
+            tensor_path,
+            manifest_path,
+            key,
+            inputs,
+            self.backbone,
+            features,
+            attr_idx,
+            obj_idx,
+            image_paths,
+        )
+        self.encoded.append(epoch)
+        return FeatureSet(features.float(), attr_idx, obj_idx, image_paths, False, key)
+
+    def _check_disk(self, folder: Path, n_images: int) -> None:
+        """Print the disk use of one epoch's views (once) and refuse a disk without room."""
+        if self._checked_disk:
+            return
+        per_epoch = n_images * int(self.backbone.embed_dim) * 2
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        self.console.print(
+            f"augmented-view cache: {n_images:,} images x {self.backbone.embed_dim} fp16 = "
+            f"{per_epoch / 1e6:,.1f} MB per epoch in {folder} ({free / 1e9:,.1f} GB free)",
+            markup=False,
+            highlight=False,
+        )
+        if free < per_epoch:
+            raise BenchError(
+                f"disk full: the augmented views of one epoch need {per_epoch / 1e6:,.1f} MB "
+                f"but {folder} has {free / 1e6:,.1f} MB free; nothing was written. Free space "
+                "or use another --results-dir, then rerun"
+            )
+        self._checked_disk = True

@@ -19,7 +19,13 @@ from bench.backbones import Backbone, load_backbone
 from bench.data.czsl import CZSLDataset, load_dataset
 from bench.data.synthetic import generate_synthetic
 from bench.errors import BenchError
-from bench.features import FeatureSet, extract_features, feature_cache_key
+from bench.features import (
+    FeatureSet,
+    TrainViews,
+    extract_features,
+    feature_cache_key,
+    view_seed,
+)
 from bench.io import sha256_file
 
 
@@ -218,3 +224,79 @@ def test_regenerated_images_invalidate(tiny: Backbone, dataset_root: Path, tmp_p
 def test_unknown_split(tiny: Backbone, dataset: CZSLDataset, tmp_path: Path) -> None:
     with pytest.raises(BenchError, match="no split"):
         extract_features(tiny, dataset, "holdout", tmp_path, console=_console()[0])
+
+
+# ------------------------------------------------------------------ augmented training views
+def _views(backbone: Any, dataset: Any, results: Path, seed: int = 0) -> tuple[TrainViews, Any]:
+    console, buffer = _console()
+    return TrainViews(backbone, dataset, results, seed, batch_size=8, console=console), buffer
+
+
+def test_train_views_are_encoded_once_per_epoch_and_shared(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path
+) -> None:
+    counting = CountingBackbone(tiny)
+    first, printed = _views(counting, dataset, tmp_path)
+    epoch1 = first.epoch(1)
+    n = len(dataset.splits["train"])
+    assert epoch1.features.shape == (n, tiny.embed_dim) and not epoch1.cache_hit
+    assert "MB per epoch" in printed.getvalue() and first.encoded == [1]
+    calls = counting.calls
+    # another method of the grid (same backbone, dataset, seed) reads the stored epoch
+    second, _ = _views(counting, dataset, tmp_path)
+    again = second.epoch(1)
+    assert again.cache_hit and counting.calls == calls and second.cached == [1]
+    assert torch.equal(again.features, epoch1.features)
+    stored = torch.load(next(tmp_path.rglob("train-paper-s0-e1-*.pt")), weights_only=True)
+    assert stored["features"].dtype == torch.float16
+    # a new epoch or seed is a new set of views
+    assert not torch.equal(first.epoch(2).features, epoch1.features)
+    other_seed, _ = _views(counting, dataset, tmp_path, seed=1)
+    assert not other_seed.epoch(1).cache_hit
+
+
+def test_train_views_are_the_seeded_augmented_images(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    views, _ = _views(tiny, dataset, tmp_path, seed=3)
+    got = views.epoch(2).features
+    samples = dataset.splits["train"]
+    for row in (0, len(samples) - 1):
+        image = samples[row].image
+        torch.manual_seed(view_seed(3, 2, image))
+        with Image.open(dataset.image_path(samples[row])) as pil:
+            tensor = tiny.train_transform(pil.convert("RGB"))
+        expected = tiny.encode_images(tensor[None]).half().float()[0]
+        torch.testing.assert_close(got[row], expected, atol=2e-3, rtol=1e-3)
+
+
+def test_train_views_refuse_a_full_disk(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.features as features_module
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(features_module.shutil, "disk_usage", lambda path: usage._replace(free=10))
+    views, _ = _views(tiny, dataset, tmp_path)
+    with pytest.raises(BenchError, match="disk full.*nothing was written"):
+        views.epoch(1)
+    assert _entry_files(tmp_path) == []
+
+
+def test_train_views_disk_full_while_writing(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import bench.features as features_module
+
+    def no_space(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(features_module, "atomic_write_bytes", no_space)
+    views, _ = _views(tiny, dataset, tmp_path)
+    with pytest.raises(BenchError, match="disk full.*nothing was written"):
+        views.epoch(1)
+    assert _entry_files(tmp_path) == []

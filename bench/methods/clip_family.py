@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from bench.constants import AUGMENT_CHOICES
 from bench.device import autocast
 from bench.errors import BenchError
+from bench.features import ImageFiles, collate_images, view_seed
 from bench.methods.base import FitContext, Method, method_hparams
 from bench.methods.scoring import CandidateCache, as_pair_tensor, block_rows
 from bench.methods.training import TrainableMethod, shuffled_batches, train_pair_labels
@@ -163,32 +164,14 @@ def _truncation_is_exact(backbone: Backbone, full: PromptTemplate, short: Prompt
 # --------------------------------------------------------------------------- training data
 
 
-class _AugmentedImages(torch.utils.data.Dataset):
-    """Training images loaded from disk and passed through the backbone's train transform."""
-
-    def __init__(self, paths: list[Path], labels: torch.Tensor, transform: Callable) -> None:
-        self.paths, self.labels, self.transform = paths, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as image:
-            return self.transform(image.convert("RGB")), self.labels[i]
-
-
-def _name_to_id(value: Any, mapping: Mapping[str, int]) -> int:
-    return int(value) if isinstance(value, (int, np.integer)) else mapping[value]
-
-
 class TrainingBatches:
     """Per-epoch (normalised image features, train-pair labels) batches for either path.
 
     ``augment="none"``: the cached ``ctx.features["train"]`` features, shuffled.
-    ``augment="paper"``: every step re-encodes freshly augmented training images with
-    ``backbone.encode_images(backbone.train_transform(image))``.
+    ``augment="paper"``: each epoch is one augmented view of every training image
+    (``backbone.train_transform``, seeded by ``view_seed(seed, epoch, image)``), read from
+    ``ctx.train_views`` (encoded once per epoch and shared by the grid's methods) or, without
+    it, re-encoded at every step like the official loop.
     """
 
     def __init__(self, ctx: FitContext, train_pairs: np.ndarray, batch_size: int) -> None:
@@ -196,48 +179,53 @@ class TrainingBatches:
         assert backbone is not None
         self.backbone, self.batch_size, self.augment = backbone, batch_size, ctx.augment
         self.device = torch.device(backbone.device)
+        self.views, self.seed = ctx.train_views, ctx.seed
         name = getattr(ctx.dataset, "name", "?")
         if ctx.augment == "none":
             if "train" not in ctx.features:
                 raise BenchError("training on cached features needs the train split's features")
             feature_set = ctx.features["train"]
             self.features = normalize(torch.as_tensor(feature_set.features)).to(self.device)
-            self.labels = train_pair_labels(
-                feature_set.attr_idx, feature_set.obj_idx, train_pairs, name
-            ).to(self.device)
-            self.size = self.features.shape[0]
+            attr_ids, obj_ids = feature_set.attr_idx, feature_set.obj_idx
         elif ctx.augment == "paper":
             dataset = ctx.dataset
             samples = list(dataset.splits["train"])
-            attr_ids = [_name_to_id(s.attr, dataset.attr_to_id) for s in samples]
-            obj_ids = [_name_to_id(s.obj, dataset.obj_to_id) for s in samples]
-            labels = train_pair_labels(attr_ids, obj_ids, train_pairs, name)
-            paths = [Path(dataset.image_path(s)) for s in samples]
-            self.images = _AugmentedImages(paths, labels, backbone.train_transform)
-            self.size = len(samples)
+            self.images = [sample.image for sample in samples]
+            self.paths = [Path(dataset.image_path(s)) for s in samples]
+            attr_ids, obj_ids = dataset.labels("train")
         else:
             raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_CHOICES}")
+        self.labels = train_pair_labels(attr_ids, obj_ids, train_pairs, name).to(self.device)
+        self.size = int(self.labels.shape[0])
         if self.size == 0:
             raise BenchError(f"dataset {name} has no training images")
 
-    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, generator: torch.Generator, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield shuffled (features (b, D) unit-norm float32, labels (b,)) on the device."""
         if self.augment == "none":
             yield from shuffled_batches(generator, self.batch_size, self.features, self.labels)
             return
+        if self.views is not None:
+            views = normalize(self.views.epoch(epoch).features).to(self.device)
+            yield from shuffled_batches(generator, self.batch_size, views, self.labels)
+            return
+        order = torch.randperm(self.size, generator=generator)
+        seeds = [view_seed(self.seed, epoch, image) for image in self.images]
         workers = 0 if self.device.type == "cpu" else min(8, torch.get_num_threads())
         loader = torch.utils.data.DataLoader(
-            self.images,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=generator,
+            ImageFiles(self.paths, self.backbone.train_transform, seeds),
+            batch_sampler=[index.tolist() for index in order.split(self.batch_size)],
             num_workers=workers,
+            collate_fn=collate_images,
             pin_memory=self.device.type == "cuda",
         )
-        for images, labels in loader:
-            with torch.no_grad(), autocast_context(self.backbone):
-                feats = self.backbone.encode_images(images.to(self.device, non_blocking=True))
-            yield normalize(feats), labels.to(self.device)
+        for index, (images, error) in zip(order.split(self.batch_size), loader, strict=True):
+            if error is not None:
+                raise BenchError(error)
+            feats = self.backbone.encode_images(images.to(self.device, non_blocking=True))
+            yield normalize(feats), self.labels[index.to(self.device)]
 
 
 # --------------------------------------------------------------------------- method bases
@@ -332,9 +320,10 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
     Trained by the shared loop (``bench.methods.training``) as the official CSP
     ``train.py`` does: cross-entropy of ``logit_scale * cosine`` over the training pairs,
     ``torch.optim.Adam`` with L2 ``weight_decay``, no schedule, gradient accumulation (loss
-    divided by the number of steps; a step also at the end of each epoch), and, in addition,
-    selection of the epoch with the best closed-world val AUC. Images come from the cached
-    features (``augment="none"``) or are re-encoded with augmentation (``"paper"``).
+    divided by the number of steps; a step also at the end of each epoch), and the epoch
+    the protocol selects (``ctx.epoch_selection``: the last, or the best closed-world val
+    AUC). Images come from the cached features (``augment="none"``) or augmented views
+    (``"paper"``, see ``TrainingBatches``).
     Subclasses give the trainable tensors (``trainable_parameters``,
     ``trainable_state``/``apply_trainable_state``) and how prompts use them.
     """
@@ -347,6 +336,7 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
         self._dropout_generator: torch.Generator | None = None
         self._batches: TrainingBatches | None = None
         self._train_pairs: torch.Tensor | None = None
+        self._epoch = 0
 
     @abc.abstractmethod
     def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
@@ -394,6 +384,13 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
         self._batches = TrainingBatches(ctx, train_pairs, int(self.hparams["batch_size"]))
         self._train_pairs = torch.as_tensor(train_pairs, device=backbone.device)
         self._dropout_generator = device_generator(ctx.seed, backbone.device)
+        if ctx.augment == "paper" and ctx.train_views is not None:
+            views = ctx.train_views
+            self.fit_info["train_views"] = {"encoded": views.encoded, "cached": views.cached}
+
+    def start_epoch(self, epoch: int) -> None:
+        """Remember the epoch: it picks the epoch's augmented views."""
+        self._epoch = epoch
 
     def training_generators(self) -> dict[str, torch.Generator]:
         """The dropout masks' generator."""
@@ -403,7 +400,7 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
     def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         """(unit-norm image features, train-pair labels) batches (see ``TrainingBatches``)."""
         assert self._batches is not None
-        return self._batches.epoch(generator)
+        return self._batches.epoch(generator, self._epoch)
 
     def training_loss(self, batch: tuple[torch.Tensor, ...], epoch: int) -> torch.Tensor:
         """Cross-entropy of ``logit_scale * cosine`` over all training pairs."""

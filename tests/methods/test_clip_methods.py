@@ -314,6 +314,36 @@ def test_paper_augmentation_reencodes_images(tmp_path: Path) -> None:
         method.fit(make_ctx(dataset, method.hparams, augment="heavy"))
 
 
+def test_augmented_views_are_encoded_once_for_csp_and_coop(tmp_path: Path) -> None:
+    from bench.features import TrainViews
+
+    dataset = make_dataset(tmp_path)
+    bb = backbone()
+    calls = {"n": 0}
+    original = bb.encode_images
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return original(images)
+
+    logs, counts = {}, {}
+    object.__setattr__(bb, "encode_images", counting)
+    try:
+        for name in ("csp", "coop"):
+            method = make_method(name, epochs=2, batch_size=8)
+            views = TrainViews(bb, dataset, tmp_path / "results", seed=0, batch_size=64)
+            before = calls["n"]
+            logs[name] = method.fit(
+                make_ctx(dataset, method.hparams, augment="paper", train_views=views)
+            )
+            counts[name] = calls["n"] - before
+    finally:
+        object.__delattr__(bb, "encode_images")
+    assert counts == {"csp": 2, "coop": 0}  # one batch of 30 images per epoch, then reused
+    assert logs["csp"]["train_views"] == {"encoded": [1, 2], "cached": []}
+    assert logs["coop"]["train_views"] == {"encoded": [], "cached": [1, 2]}
+
+
 def test_checkpointed_training_matches_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.methods.clip_family as clip_family
 
