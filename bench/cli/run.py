@@ -66,22 +66,37 @@ def _name_list(text: str) -> tuple[str, ...]:
 @click.option("--rerun", is_flag=True, help="Redo cells that already have a result.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: CUDA when available].")
 @click.option(
+    "--protocol",
+    type=click.Choice(["paper", "harness"]),
+    default=None,
+    help="paper: the official CSP protocol (last epoch, augmented views in the official order, "
+    "official name cleaning, GloVe 6B-300d feasibility with csp-multiply); harness: faster "
+    "(best val-AUC epoch, cached un-augmented features, no open-world filter) and a DIFFERENT "
+    "protocol (on the synthetic set it moved CSP's test AUC by about +18 points) "
+    "[default: paper on mit-states, ut-zappos, cgqa; harness on synthetic and folder datasets].",
+)
+@click.option(
     "--augment",
     type=click.Choice(["none", "paper"]),
-    default="none",
-    show_default=True,
-    help="none: train on cached features; paper: re-encode flipped/rotated/perspective images each step.",
+    default=None,
+    help="Override the protocol's training images. none: cached un-augmented features (not the "
+    "paper's protocol: on the synthetic set it moved CSP's test AUC by about +18 points); "
+    "paper: a freshly augmented view of every image each epoch (official transform order), "
+    "encoded once per epoch and shared by the grid's methods [default: the protocol's].",
 )
 @click.option("--topk", type=int, default=1, show_default=True, help="Top-k accuracy.")
 @click.option(
     "--feasibility",
     type=click.Choice(["mask", "csp-multiply", "off"]),
-    default="mask",
-    show_default=True,
-    help="Open-world feasibility filter (needs --word-vectors); csp-multiply reproduces CSP's code.",
+    default=None,
+    help="Open-world feasibility filter; csp-multiply reproduces CSP's code [default: the "
+    "protocol's: csp-multiply under paper; mask with --word-vectors under harness].",
 )
 @click.option(
-    "--word-vectors", default=None, help="Word vectors for open-world feasibility (e.g. backbone)."
+    "--word-vectors",
+    default=None,
+    help="Word vectors for open-world feasibility (e.g. backbone, glove50, glove:6B.300d) "
+    "[default: the protocol's: glove:6B.300d (glove50 offline) under paper; none under harness].",
 )
 @click.option(
     "--no-mlflow", is_flag=True, help="Do not log to MLflow (result JSONs are still written)."
@@ -132,9 +147,10 @@ def run(
     tracking_uri: str | None,
     rerun: bool,
     device: str | None,
-    augment: str,
+    protocol: str | None,
+    augment: str | None,
     topk: int,
-    feasibility: str,
+    feasibility: str | None,
     word_vectors: str | None,
     no_mlflow: bool,
     load_state: Path | None,
@@ -176,6 +192,7 @@ def run(
         tracking_uri=tracking_uri,
         rerun=rerun,
         device=device,
+        protocol=protocol,
         augment=augment,
         topk=topk,
         feasibility=feasibility,

@@ -329,6 +329,7 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
     """
 
     augment_modes = AUGMENT_CHOICES
+    trains_on_views = True
     template: PromptTemplate
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:

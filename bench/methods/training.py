@@ -111,6 +111,10 @@ class TrainableMethod(Method):
     trains = True
     #: The ``ctx.augment`` modes the method trains with ("none": cached features).
     augment_modes: ClassVar[tuple[str, ...]] = ("none",)
+    #: Whether ``augment="paper"`` training reads the frozen encoder's augmented views
+    #: (``ctx.train_views``, shared by the grid's methods); False: the method needs live
+    #: images (e.g. a trainable image adapter) and re-encodes them.
+    trains_on_views: ClassVar[bool] = False
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)

@@ -196,6 +196,7 @@ class CellRunner:
             self.events.emit(EpochEnded(cell, epoch, values))
 
         checkpoint_dir = checkpoint_folder(path)
+        protocol = config["protocol"]
         fit_context = FitContext(
             dataset=ctx.dataset,
             backbone=ctx.backbone,
@@ -203,11 +204,14 @@ class CellRunner:
             hparams=config["hparams"],
             seed=cell.seed,
             device=str(ctx.backbone.device),
-            augment=self.config.augment,
+            augment=protocol["augment"],
             validate=evaluation.validation_auc,
             on_epoch_end=on_epoch_end,
             checkpoint_dir=checkpoint_dir,
             word_vectors=ctx.word_vectors,
+            epoch_selection=protocol["epoch_selection"],
+            name_cleaning=protocol["name_cleaning"],
+            train_views=self._train_views(method, protocol, ctx, cell.seed),
             extras={
                 "checkpoint_key": config_hash,
                 "checkpoint_keep": CHECKPOINTS_KEPT,
@@ -225,7 +229,7 @@ class CellRunner:
         metrics, feasibility = evaluation.evaluate_all(
             method,
             ctx.word_vectors,
-            self.config.feasibility if ctx.word_vectors is not None else "off",
+            protocol["feasibility"]["filter"] or "off",
         )
         eval_seconds = time.perf_counter() - eval_start
         write_artifacts(path, cell, metrics, method.trainable_state())
@@ -260,6 +264,17 @@ class CellRunner:
         write_result(path, result)
         clear_checkpoints(checkpoint_dir)
         return result
+
+    def _train_views(
+        self, method: Any, protocol: Mapping[str, Any], ctx: DatasetContext, seed: int
+    ) -> Any:
+        """The augmented-view cache for a method that trains on it (others re-encode live
+        images or use cached features)."""
+        from bench.features import TrainViews
+
+        if protocol["augment"] != "paper" or not getattr(method, "trains_on_views", False):
+            return None
+        return TrainViews(ctx.backbone, ctx.dataset, self.config.results_dir, seed)
 
     def _apply_init_state(self, method: Any, fit_context: Any) -> None:
         """Load the ``--load-state`` state into ``method`` (one line naming the file if unfit)."""

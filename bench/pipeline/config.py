@@ -11,6 +11,7 @@ from typing import Any
 from bench.constants import AUGMENT_CHOICES, FEASIBILITY_CHOICES
 from bench.data.registry import dataset_card, is_registered
 from bench.errors import BenchError
+from bench.protocol import PROTOCOL_CHOICES, build_protocol, default_protocol_name
 
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_SYNTHETIC_BACKBONE = "toy-clip"
@@ -36,11 +37,15 @@ class RunConfig:
         tracking_uri: MLflow tracking URI (default: sqlite store in results_dir).
         rerun: Redo finished cells (and start unfinished ones over, dropping checkpoints).
         device: "cpu", "cuda", "cuda:1"...; None = CUDA when available.
-        augment: "none" trains on cached features; "paper" re-encodes augmented images.
+        protocol: "paper" or "harness" (``bench.protocol``); None: "paper" on the real
+            datasets, "harness" on synthetic and folder datasets.
+        augment: "none" trains on cached features; "paper" on augmented views; None: the
+            protocol's (an explicit value overrides it and is recorded).
         topk: Top-k accuracy.
         feasibility: Open-world filter: "mask" (proper masking), "csp-multiply" (CSP's
-            variant, for reproduction) or "off".
-        word_vectors: Word-vector provider for open-world feasibility (None: no feasibility).
+            variant, for reproduction) or "off"; None: the protocol's.
+        word_vectors: Word-vector provider for open-world feasibility (None: the protocol's;
+            the harness protocol has none, so no feasibility).
         log_mlflow: Log finished cells to MLflow.
         hparam_overrides: Extra hyperparameter overrides for every method that defines them.
         load_state: A saved trainable state (``trainable_state.pt`` of an earlier cell, with
@@ -60,9 +65,10 @@ class RunConfig:
     tracking_uri: str | None = None
     rerun: bool = False
     device: str | None = None
-    augment: str = "none"
+    protocol: str | None = None
+    augment: str | None = None
     topk: int = 1
-    feasibility: str = "mask"
+    feasibility: str | None = None
     word_vectors: str | None = None
     log_mlflow: bool = True
     hparam_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -85,11 +91,15 @@ class RunConfig:
             raise BenchError(
                 f"--epochs: {self.epochs} is out of range; use an integer in [0, {MAX_EPOCHS}]"
             )
-        if self.augment not in AUGMENT_CHOICES:
+        if self.protocol is not None and self.protocol not in PROTOCOL_CHOICES:
+            raise BenchError(
+                f"--protocol: {self.protocol!r} is not one of {', '.join(PROTOCOL_CHOICES)}"
+            )
+        if self.augment is not None and self.augment not in AUGMENT_CHOICES:
             raise BenchError(
                 f"--augment: {self.augment!r} is not one of {', '.join(AUGMENT_CHOICES)}"
             )
-        if self.feasibility not in FEASIBILITY_CHOICES:
+        if self.feasibility is not None and self.feasibility not in FEASIBILITY_CHOICES:
             raise BenchError(
                 f"--feasibility: {self.feasibility!r} is not one of {', '.join(FEASIBILITY_CHOICES)}"
             )
@@ -105,6 +115,17 @@ class RunConfig:
         if self.backbone:
             return self.backbone
         return DEFAULT_SYNTHETIC_BACKBONE if is_synthetic(dataset) else DEFAULT_REAL_BACKBONE
+
+    def protocol_for(self, dataset: str) -> str:
+        """The protocol name used on ``dataset``: ``--protocol``, else the dataset kind's."""
+        if self.protocol:
+            return self.protocol
+        kind = dataset_card(dataset).get("kind") if is_registered(dataset) else None
+        return default_protocol_name(kind)
+
+    def augment_for(self, dataset: str) -> str:
+        """The ``--augment`` mode of ``dataset``'s training methods (before per-method limits)."""
+        return build_protocol(self.protocol_for(dataset), augment=self.augment).augment
 
 
 def is_synthetic(dataset: str) -> bool:

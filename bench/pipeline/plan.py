@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from bench.errors import BenchError
 from bench.io import sha256_file, sha256_json
 from bench.pipeline.config import Cell, PlannedCell, RunConfig, dataset_label
 from bench.pipeline.store import load_state_file, result_path
+from bench.protocol import Protocol
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def cell_config(
         overrides["epochs"] = config.epochs
     hparams = resolve_hparams(cell.method, ctx.dataset.name, overrides)
     method_class = get_method_class(cell.method)
+    protocol = method_protocol(ctx.protocol, method_class)
     resolved: dict[str, Any] = {
         "method": cell.method,
         "dataset": cell.dataset,
@@ -116,14 +118,17 @@ def cell_config(
         "seed": cell.seed,
         "backbone": ctx.backbone.spec.raw,
         "backbone_identifier": ctx.backbone.identifier,
-        "augment": config.augment,
+        "augment": protocol.augment,
         "hparams": hparams,
         "eval": {
             "topk": config.topk,
-            "feasibility": config.feasibility if ctx.word_vectors is not None else "none",
-            "word_vectors": config.word_vectors or "none",
+            "feasibility": protocol.feasibility_filter or "none"
+            if ctx.word_vectors is not None
+            else "none",
+            "word_vectors": protocol.word_vectors or "none",
             "protocol": "czsl-calibration-bias",
         },
+        "protocol": protocol.as_record(cell.method, method_class.trains),
     }
     resolved.update(
         method_class.config_extras(
@@ -136,6 +141,15 @@ def cell_config(
     if init_state is not None and method_class.trains:
         resolved["init_state"] = dict(init_state.info)
     return resolved
+
+
+def method_protocol(protocol: Protocol, method_class: Any) -> Protocol:
+    """The dataset's protocol as ``method_class`` runs it: a method that does not train, or
+    cannot train on augmented views, trains on (or needs) cached features only."""
+    modes = getattr(method_class, "augment_modes", ("none",))
+    if method_class.trains and protocol.augment in modes:
+        return protocol
+    return replace(protocol, augment="none")
 
 
 def plan_cell(

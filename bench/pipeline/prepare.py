@@ -7,25 +7,29 @@ two processes on one results folder extract a dataset's features once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench.constants import DATA_SPLITS, slug
+from bench.errors import BenchError
 from bench.locks import FileLock, features_lock_path
 from bench.pipeline.config import RunConfig, dataset_label
 from bench.pipeline.events import EventBus
 from bench.pipeline.store import sweep_temporaries, writing
+from bench.protocol import OFFLINE_WORD_VECTORS, PAPER_WORD_VECTORS, Protocol, build_protocol
 
 
 @dataclass(frozen=True)
 class DatasetContext:
-    """What every cell of one dataset shares: the dataset, backbone and cached features."""
+    """What every cell of one dataset shares: the dataset, backbone, cached features, the
+    protocol and the open-world feasibility word vectors it asks for."""
 
     dataset: Any
     backbone: Any
     features: dict[str, Any]
     feature_seconds: float
     cache_hit: bool
+    protocol: Protocol
     word_vectors: Any = None
 
 
@@ -103,9 +107,45 @@ def prepare_dataset(
     finally:
         lock.release()
     cache_hit = all(f.cache_hit for f in features.values())
-    word_vectors = None
-    if config.word_vectors:
-        from bench.wordvectors import load_word_vectors
+    autocast = backbone.autocast_dtype
+    protocol = build_protocol(
+        config.protocol_for(spec),
+        device=backbone.device.type,
+        autocast=str(autocast).removeprefix("torch.") if autocast is not None else None,
+        augment=config.augment,
+        feasibility=config.feasibility,
+        word_vectors=config.word_vectors,
+    )
+    protocol, word_vectors = feasibility_vectors(protocol, dataset, backbone, events)
+    return DatasetContext(dataset, backbone, features, seconds, cache_hit, protocol, word_vectors)
 
-        word_vectors = load_word_vectors(config.word_vectors, dataset, backbone=backbone)
-    return DatasetContext(dataset, backbone, features, seconds, cache_hit, word_vectors)
+
+def feasibility_vectors(
+    protocol: Protocol, dataset: Any, backbone: Any, events: EventBus
+) -> tuple[Protocol, Any]:
+    """The protocol's feasibility word vectors (None without), and the protocol as run.
+
+    When the paper's GloVe 6B-300d cannot be had (offline), glove50 stands in: a warning,
+    and the protocol records it (``matches_paper`` false).
+    """
+    from bench.wordvectors import load_word_vectors
+
+    if protocol.word_vectors is None:
+        return protocol, None
+    naming = protocol.feasibility_names
+    try:
+        return protocol, load_word_vectors(
+            protocol.word_vectors, dataset, backbone=backbone, naming=naming
+        )
+    except BenchError as exc:
+        if protocol.word_vectors != PAPER_WORD_VECTORS:
+            raise
+        reason = " ".join(str(exc).split())[:240]
+    events.warn(
+        f"{PAPER_WORD_VECTORS} (the paper's feasibility vectors) is unavailable ({reason}); "
+        f"{OFFLINE_WORD_VECTORS} stands in and the results say so"
+    )
+    protocol = replace(protocol, word_vectors=OFFLINE_WORD_VECTORS)
+    return protocol, load_word_vectors(
+        OFFLINE_WORD_VECTORS, dataset, backbone=backbone, naming=naming
+    )

@@ -130,7 +130,7 @@ class MlflowObserver:
                     "seeds": ",".join(map(str, self.config.seeds)),
                     "backbone": event.backbone,
                     "dataset": label,
-                    "augment": self.config.augment,
+                    "augment": self.config.augment_for(label),
                 },
                 {
                     "bench.version": __version__,

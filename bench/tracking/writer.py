@@ -304,6 +304,7 @@ class Tracker:
         }
         params.update({f"hp.{k}": v for k, v in result["config"]["hparams"].items()})
         params.update({f"eval.{k}": v for k, v in result["config"]["eval"].items()})
+        params.update(protocol_params(result["config"].get("protocol")))
         log_params(self.client, run_id, params)
         now = int(time.time() * 1000)
         history = result.get("history", [])
@@ -328,6 +329,18 @@ class Tracker:
                 )
         self.end_run(run_id, "FINISHED")
         return run_id
+
+
+def protocol_params(protocol: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A cell's ``protocol`` object as flat ``protocol.*`` MLflow params ({} without one)."""
+    if not protocol:
+        return {}
+    params = {
+        f"protocol.{k}": v for k, v in protocol.items() if k not in ("feasibility", "deviations")
+    }
+    params.update({f"protocol.feasibility.{k}": v for k, v in protocol["feasibility"].items()})
+    params["protocol.deviations"] = "; ".join(protocol.get("deviations", [])) or "none"
+    return params
 
 
 def _sqlite_path(tracking_uri: str) -> Path | None:
