@@ -162,11 +162,12 @@ def paper_deviations(protocol: Protocol, method: str, trains: bool) -> list[str]
     for key in checked:
         mine, theirs = getattr(protocol, key), getattr(official, key)
         if mine != theirs:
-            reasons.append(f"{key} {mine} (paper: {theirs})")
+            reasons.append(f"{key} {mine or 'none'} (paper: {theirs})")
     if protocol.word_vectors != PAPER_WORD_VECTORS:
         stand_in = " standing in offline" if protocol.word_vectors == OFFLINE_WORD_VECTORS else ""
         reasons.append(
-            f"word_vectors {protocol.word_vectors}{stand_in} (paper: {PAPER_WORD_VECTORS})"
+            f"word_vectors {protocol.word_vectors or 'none'}{stand_in} "
+            f"(paper: {PAPER_WORD_VECTORS})"
         )
     if protocol.precision != "fp16":
         where = " on the CPU" if protocol.precision == "fp32" else ""

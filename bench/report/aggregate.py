@@ -43,6 +43,8 @@ _GLOBAL_FIELDS = (
     "word_vectors",
     "protocol",
     "backbone_identifier",
+    "run_protocol",
+    "paper_deviations",
 )
 _LOCAL_FIELDS = ("hparams_hash", "dataset_fingerprint")
 _FIELD_LABELS = {
@@ -53,6 +55,8 @@ _FIELD_LABELS = {
     "word_vectors": "word vectors {}",
     "protocol": "protocol {}",
     "backbone_identifier": "weights {}",
+    "run_protocol": "{} protocol",
+    "paper_deviations": "differs: {}",
     "hparams_hash": "hparams {:.8}",
     "dataset_fingerprint": "data {:.8}",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,13 @@ import bench
 from bench.errors import BenchError
 from bench.report.aggregate import METRICS
 from bench.report.latex import booktabs_table, latex_escape
+from bench.report.records import NO_PROTOCOL
 from bench.report.render import check_format, markdown_table, new_rich_table
 from bench.report.tables import cell_text, world_adjective, world_label
+
+#: The Δ cell and the row mark of a row whose protocol is not the paper's.
+NOT_COMPARED = "n/a"
+MARK = "†"
 
 
 def published_path() -> Path:
@@ -46,11 +52,15 @@ def compare_with_paper(
 ) -> tuple[pd.DataFrame, list[str]]:
     """Reported against reproduced numbers where dataset, method and backbone match the paper's.
 
+    The difference is shown only for rows whose protocol is the paper's (``matches_paper``);
+    the others keep their numbers, get no delta (NaN) and a note naming the fields that
+    differ (``differs``).
+
     Returns:
         A frame with one row per summary row that has paper numbers (``world, split, dataset,
         method, label, backbone, n, seeds``, then ``{M}_paper, {M}_mean, {M}_std, {M}_delta``
-        for M in S, U, HM, AUC, then ``source, citation``; delta = reproduced - reported)
-        and notes saying why the other rows have no comparison.
+        for M in S, U, HM, AUC, then ``matches_paper, differs, source, citation``; delta =
+        reproduced - reported) and notes saying why the other rows have no comparison.
     """
     published = load_published() if published is None else published
     rows: list[dict[str, Any]] = []
@@ -88,20 +98,30 @@ def compare_with_paper(
                         "seeds",
                     )
                 }
+                differs = str(row.get("paper_deviations", NO_PROTOCOL))
                 for name, _ in METRICS:
                     out[f"{name}_paper"] = float(ref[name])
                     out[f"{name}_mean"] = float(row[f"{name}_mean"])
                     out[f"{name}_std"] = float(row[f"{name}_std"])
-                    out[f"{name}_delta"] = float(row[f"{name}_mean"]) - float(ref[name])
+                    delta = float(row[f"{name}_mean"]) - float(ref[name])
+                    out[f"{name}_delta"] = math.nan if differs else delta
+                out["matches_paper"] = not differs
+                out["differs"] = differs
                 out["source"] = str(ref.get("source", ""))
                 out["citation"] = str(ref.get("citation", ""))
                 rows.append(out)
-                continue
+                if not differs:
+                    continue
+                note = (
+                    f"{row['label']} on {row['dataset']}: not the paper's protocol, so no "
+                    f"difference is shown ({differs})"
+                )
         if note not in notes:
             notes.append(note)
     columns = ["world", "split", "dataset", "method", "label", "backbone", "n", "seeds"]
     columns += [f"{name}_{k}" for name, _ in METRICS for k in ("paper", "mean", "std", "delta")]
-    return pd.DataFrame(rows, columns=[*columns, "source", "citation"]), notes
+    columns += ["matches_paper", "differs", "source", "citation"]
+    return pd.DataFrame(rows, columns=columns), notes
 
 
 def _names(values: Iterable[Any]) -> str:
@@ -117,7 +137,9 @@ class _Comparison:
     caption: str
 
 
-def _delta_text(ours: float, paper: float, style: str) -> str:
+def _delta_text(ours: float, paper: float, style: str, matches: bool = True) -> str:
+    if not matches:
+        return NOT_COMPARED
     delta = round(round(ours, 1) - paper, 1) + 0.0  # of the shown values; no "-0.0"
     text = f"{delta:+.1f}"
     return f"${text}$" if style == "latex" else text.replace("-", "−")
@@ -134,13 +156,14 @@ def _comparisons(comparison: pd.DataFrame, style: str) -> list[_Comparison]:
         ]
         body, index = [], []
         for _, row in frame.iterrows():
+            matches = bool(row.get("matches_paper", True))
             line = []
             for name, _ in METRICS:
                 line.append(f"{row[f'{name}_paper']:.1f}")
                 line.append(cell_text(row, name, None, style))
-                line.append(_delta_text(row[f"{name}_mean"], row[f"{name}_paper"], style))
+                line.append(_delta_text(row[f"{name}_mean"], row[f"{name}_paper"], style, matches))
             body.append([*line, str(int(row["n"]))])
-            index.append((row["dataset"], row["label"]))
+            index.append((row["dataset"], row["label"] + ("" if matches else f" {MARK}")))
         first = frame.iloc[0]
         caption = (
             f"{world_adjective(world)} results on the {first['split']} split (%): "
@@ -149,6 +172,11 @@ def _comparisons(comparison: pd.DataFrame, style: str) -> list[_Comparison]:
         )
         if any(label != method for label, method in zip(frame["label"], frame["method"])):
             caption += " Rows that differ in setting are given in parentheses and never averaged."
+        if not frame["matches_paper"].all():
+            caption += (
+                f" {MARK} Not the paper's protocol (the fields that differ are listed in the "
+                f"notes): no Δ ({NOT_COMPARED})."
+            )
         out.append(_Comparison(world, header, index, body, caption))
     return out
 

@@ -9,10 +9,18 @@ from typing import Any
 
 from bench.io import sha256_json
 
+#: ``paper_deviations`` of a result that recorded no protocol.
+NO_PROTOCOL = "no protocol recorded"
+
 
 @dataclass(frozen=True, order=True)
 class Setting:
-    """Everything besides method, dataset and seed that makes two runs comparable."""
+    """Everything besides method, dataset and seed that makes two runs comparable.
+
+    ``protocol`` is the evaluator's; ``run_protocol`` the cell's ``--protocol`` ("paper",
+    "harness", "unknown" for results from before protocols were recorded) and
+    ``paper_deviations`` why it is not the official CSP protocol ("" when it is).
+    """
 
     backbone: str
     backbone_identifier: str
@@ -23,6 +31,8 @@ class Setting:
     protocol: str
     hparams_hash: str
     dataset_fingerprint: str
+    run_protocol: str = "unknown"
+    paper_deviations: str = NO_PROTOCOL
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ def record_from_result(result: Mapping[str, Any], source: str = "") -> RunRecord
     evaluation = config.get("eval", {})
     cell = result.get("cell", {})
     backbone = str(config.get("backbone", "unknown"))
+    protocol = config.get("protocol") or {}
     setting = Setting(
         backbone=backbone,
         backbone_identifier=str(config.get("backbone_identifier") or backbone),
@@ -71,6 +82,8 @@ def record_from_result(result: Mapping[str, Any], source: str = "") -> RunRecord
         protocol=str(evaluation.get("protocol", "unknown")),
         hparams_hash=sha256_json(config.get("hparams", {}))[:12],
         dataset_fingerprint=str(config.get("dataset_fingerprint", "unknown")),
+        run_protocol=str(protocol.get("name", "unknown")),
+        paper_deviations="; ".join(protocol.get("deviations", [])) if protocol else NO_PROTOCOL,
     )
     return RunRecord(
         method=str(cell.get("method", config.get("method"))),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 from bench import report as lib
 from bench.cli import cli
 from bench.io import atomic_write_json, sha256_json
+from bench.protocol import build_protocol
 from bench.report import ui
 from bench.tracking import client as tracking_client
 
@@ -47,6 +49,10 @@ def fixture_result(
         "hparams": {"lr": 0.001},
         "eval": {"topk": 1, "feasibility": "none", "word_vectors": "none", "protocol": "czsl"},
         "dataset_fingerprint": f"fp-{dataset}",
+        # the paper's protocol as run on CUDA (fp16), so --compare-paper shows differences
+        "protocol": replace(build_protocol("paper"), precision="fp16").as_record(
+            method, trains=method != "clip"
+        ),
     }
     config_hash = sha256_json(config)
     return {

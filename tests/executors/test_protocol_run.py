@@ -69,8 +69,9 @@ def test_paper_protocol_is_recorded_with_its_deviations(paper_run: dict) -> None
         "names": "official",
     }
     assert protocol["matches_paper"] is False
-    assert "word_vectors glove50 standing in offline (paper: glove:6B.300d)" in (
-        protocol["deviations"]
+    assert (
+        "word_vectors glove50 standing in offline (paper: glove:6B.300d)"
+        in (protocol["deviations"])
     )
     assert "glove50 stands in" in " ".join(paper_run["output"].split())
     assert csp["fit"]["best_epoch"] == 2  # the last epoch

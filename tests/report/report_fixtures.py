@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bench.io import atomic_write_json, sha256_json
+from bench.protocol import build_protocol
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "report"
 PAPER_BACKBONE = "ViT-L-14:openai"
@@ -32,6 +34,12 @@ BASE: dict[tuple[str, str, str], tuple[float, float, float, float]] = {
 }
 
 
+def paper_protocol(method: str) -> dict[str, Any]:
+    """The protocol record of a cell run with the official CSP protocol (fp16 on CUDA)."""
+    official = replace(build_protocol("paper"), precision="fp16")
+    return official.as_record(method, trains=method != "clip")
+
+
 def make_result(
     method: str,
     dataset: str,
@@ -45,10 +53,12 @@ def make_result(
     fingerprint: str | None = None,
     random_weights: bool = False,
     created_at: str = "2025-01-01T00:00:00+00:00",
+    protocol: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A result dict shaped like bench run's; ``values``: world -> (S, U, HM, AUC) in %.
 
     A world left out gets the other world's numbers (the runner always writes both).
+    ``protocol`` defaults to the paper's protocol as run on a CUDA machine (fp16).
     """
     values = {"cw": values.get("cw", values.get("ow")), "ow": values.get("ow", values.get("cw"))}
     config = {
@@ -67,6 +77,7 @@ def make_result(
             "word_vectors": "none",
             "protocol": "czsl-calibration-bias",
         },
+        "protocol": dict(protocol) if protocol is not None else paper_protocol(method),
     }
     metrics: dict[str, dict[str, Any]] = {}
     for world, (s, u, hm, auc) in values.items():

@@ -8,16 +8,20 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from report_fixtures import (
+    BASE,
     PAPER_BACKBONE,
     check_golden,
     make_result,
+    seeded,
     write_result,
 )
 
 from bench import report
 from bench.errors import BenchError
+from bench.protocol import build_protocol
 
 
 def test_published_csv_ships_the_csp_paper_numbers() -> None:
@@ -104,6 +108,46 @@ def test_compare_with_paper_says_why_not(tmp_path: Path) -> None:
     )
     with pytest.raises(BenchError, match="nothing to compare"):
         report.render_comparison(comparison, "latex")
+
+
+def test_compare_shows_differences_only_for_the_paper_protocol(grid: Path) -> None:
+    harness = build_protocol("harness").as_record("csp", trains=True)
+    for seed in (0, 1, 2):
+        values = {"cw": seeded(BASE[("csp", "ut-zappos", "cw")], seed)}
+        write_result(grid, make_result("csp", "ut-zappos", seed, values, protocol=harness))
+    comparison, notes = report.compare_with_paper(
+        report.aggregate(report.load_records(grid), worlds=["cw"])
+    )
+    rows = comparison[(comparison.dataset == "ut-zappos") & (comparison.method == "csp")]
+    assert len(rows) == 2
+    matching = rows[rows.matches_paper].iloc[0]
+    other = rows[~rows.matches_paper].iloc[0]
+    assert matching["AUC_delta"] == pytest.approx(33.5 - 33.0)
+    assert other["AUC_mean"] == pytest.approx(33.5) and np.isnan(other["AUC_delta"])
+    assert other["label"] == "csp (harness protocol)"
+    for field in (
+        "epoch_selection val-auc",
+        "augment none",
+        "name_cleaning words",
+        "feasibility_filter none",
+    ):
+        assert field in other["differs"]
+    assert any(
+        note.startswith(f"{other['label']} on ut-zappos: not the paper's protocol")
+        for note in notes
+    )
+    markdown = report.render_comparison(comparison, "markdown")
+    marked = next(line for line in markdown.splitlines() if "harness protocol" in line)
+    assert "†" in marked and "| 64.2 | 64.0 ± 0.4 | n/a |" in marked
+    assert "† Not the paper's protocol" in markdown
+
+
+def test_results_without_a_protocol_are_not_compared(tmp_path: Path) -> None:
+    write_result(tmp_path, make_result("csp", "mit-states", 0, {"cw": (1, 1, 1, 1)}, protocol={}))
+    comparison, notes = report.compare_with_paper(report.aggregate(report.load_records(tmp_path)))
+    assert not comparison["matches_paper"].any()
+    assert comparison["differs"].unique().tolist() == ["no protocol recorded"]
+    assert any("no protocol recorded" in note for note in notes)
 
 
 def test_compare_only_matching_rows(grid: Path) -> None:
