@@ -344,6 +344,35 @@ def test_augmented_views_are_encoded_once_for_csp_and_coop(tmp_path: Path) -> No
     assert logs["coop"]["train_views"] == {"encoded": [], "cached": [1, 2]}
 
 
+def test_official_name_cleaning_in_prompts_and_initial_vectors() -> None:
+    from dataclasses import replace
+
+    bb = backbone()
+    dataset = replace(
+        make_dataset(), attrs=("blue", "green", "Traffic_Light"), objs=("car", "Faux.Fur", "dog")
+    )
+    vectors = {}
+    for cleaning in ("words", "official"):
+        csp, coop, clip = (make_method(name) for name in ("csp", "coop", "clip"))
+        for method in (csp, coop, clip):
+            method.prepare(
+                FitContext(dataset, bb, {}, method.hparams, seed=0, name_cleaning=cleaning)
+            )
+        expected = bb.name_embedding("Traffic_Light", cleaning)
+        torch.testing.assert_close(csp.vocabulary[2].detach(), expected)
+        torch.testing.assert_close(coop.attr_vectors[2], expected)
+        vectors[cleaning] = expected
+        prompt = clip.prompts(torch.tensor([[2, 1]]))[0]
+        assert (
+            prompt
+            == {
+                "words": "a photo of traffic light faux fur",
+                "official": "a photo of traffic_light faux fur",
+            }[cleaning]
+        )
+    assert not torch.equal(vectors["words"], vectors["official"])
+
+
 def test_checkpointed_training_matches_plain(monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.methods.clip_family as clip_family
 
