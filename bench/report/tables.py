@@ -25,6 +25,8 @@ _FIELD_NAMES = {
     "backbone_identifier": "backbone weights",
     "hparams_hash": "hyperparameters (hash)",
     "dataset_fingerprint": "dataset version (fingerprint)",
+    "run_protocol": "protocol (--protocol)",
+    "paper_deviations": "differences from the paper's protocol",
 }
 
 

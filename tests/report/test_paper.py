@@ -115,9 +115,9 @@ def test_compare_shows_differences_only_for_the_paper_protocol(grid: Path) -> No
     for seed in (0, 1, 2):
         values = {"cw": seeded(BASE[("csp", "ut-zappos", "cw")], seed)}
         write_result(grid, make_result("csp", "ut-zappos", seed, values, protocol=harness))
-    comparison, notes = report.compare_with_paper(
-        report.aggregate(report.load_records(grid), worlds=["cw"])
-    )
+    summary = report.aggregate(report.load_records(grid), worlds=["cw"])
+    assert "Rows differ in method and protocol (--protocol)" in report.render(summary, "markdown")
+    comparison, notes = report.compare_with_paper(summary)
     rows = comparison[(comparison.dataset == "ut-zappos") & (comparison.method == "csp")]
     assert len(rows) == 2
     matching = rows[rows.matches_paper].iloc[0]
