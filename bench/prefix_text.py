@@ -28,10 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bench.backbones import find_text_tower
-
 if TYPE_CHECKING:
-    from bench.backbones.openclip import TextTower
+    from bench.backbones import TextTower
 
 
 @dataclass(frozen=True)
@@ -103,20 +101,18 @@ def fill_template(
     return PromptRows(tokens.reshape(1, length).expand(batch, length), torch.cat(tables), index)
 
 
-def token_prompts(model: nn.Module, tokens: torch.Tensor) -> PromptRows:
+def token_prompts(tower: TextTower, tokens: torch.Tensor) -> PromptRows:
     """Hard prompts (plain token ids, e.g. CLIP zero-shot) over the token-embedding table."""
-    tower = _require_tower(model)
     weight = tower.token_embedding.weight
     return PromptRows(tokens.to(weight.device), weight, tokens.to(weight.device))
 
 
-def pool_positions(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def pool_positions(tower: TextTower, tokens: torch.Tensor) -> torch.Tensor:
     """(B,) position whose final hidden state is each prompt's feature (open_clip's pooling).
 
     ``argmax``: the highest token id (CLIP's end-of-text); ``eos``: the first ``eos_id``;
     ``first``/``last``: position 0 / L - 1. Raises ValueError for other pool types.
     """
-    tower = _require_tower(model)
     if tower.pool_type == "argmax":
         return tokens.argmax(dim=-1)
     if tower.pool_type == "eos":
@@ -209,21 +205,21 @@ class PrefixTree:
 
 
 def encode_prompts(
-    model: nn.Module,
+    tower: TextTower,
     prompts: PromptRows,
     positions: torch.Tensor | None = None,
     *,
     checkpoint_layers: bool = False,
 ) -> torch.Tensor:
-    """Encode prompts through the text tower of ``model``, once per shared prefix.
+    """Encode prompts through a text tower, once per shared prefix.
 
     Equals open_clip's ``encode_text`` on ``prompts.embeddings()`` (what
     ``OpenClipBackbone.encode_text_embeddings`` computes), in its features and in the
     gradients of ``prompts.rows``. Runs under the caller's autocast/no_grad.
 
     Args:
-        model: An open_clip model whose text tower ``find_text_tower`` accepts, with a causal
-            attention mask, in eval mode.
+        tower: An open_clip text tower (``find_text_tower``, ``TextEncoder.text_tower``)
+            with a causal attention mask, in eval mode.
         prompts: The prompts.
         positions: (B,) output position per prompt; default: the tower's pooled position
             (:func:`pool_positions`).
@@ -234,20 +230,19 @@ def encode_prompts(
         (B, embed_dim) float32 pooled, projected features, not normalised.
     """
     if positions is None:
-        positions = pool_positions(model, prompts.tokens)
+        positions = pool_positions(tower, prompts.tokens)
     tree = PrefixTree.build(prompts.index, positions)
-    return encode_tree(model, tree, prompts.rows, checkpoint_layers=checkpoint_layers)
+    return encode_tree(tower, tree, prompts.rows, checkpoint_layers=checkpoint_layers)
 
 
 def encode_tree(
-    model: nn.Module,
+    tower: TextTower,
     tree: PrefixTree,
     rows: torch.Tensor,
     *,
     checkpoint_layers: bool = False,
 ) -> torch.Tensor:
     """Encode a prebuilt :class:`PrefixTree` over ``rows`` (see :func:`encode_prompts`)."""
-    tower = _require_tower(model)
     transformer = tower.transformer
     cast_dtype = transformer.get_cast_dtype()
     device = tower.positional_embedding.device
@@ -268,13 +263,6 @@ def encode_tree(
 
 
 _TREE_FIELDS = ("node_rows", "node_depths", "shared", "branch", "attention_bias", "outputs")
-
-
-def _require_tower(model: nn.Module) -> TextTower:
-    tower = find_text_tower(model)
-    if tower is None:
-        raise ValueError(f"{type(model).__name__} has no token-level open_clip text tower")
-    return tower
 
 
 def _check_causal(mask: torch.Tensor | None, depth: int) -> None:

@@ -109,13 +109,13 @@ def run_scale(
         return backbone.encode_text_embeddings(prompts.embeddings(), prompts.tokens)
 
     def prefix(prompts: PromptRows) -> torch.Tensor:
-        return encode_prompts(backbone.model, prompts)
+        return encode_prompts(backbone.text_tower(), prompts)
 
     args = (make_prompts, vocabulary, images, labels)
     full_s, full_features = time_step(full, *args, repeats["full"])
     prefix_s, prefix_features = time_step(prefix, *args, repeats["prefix"])
     prompts = make_prompts()
-    tree = PrefixTree.build(prompts.index, pool_positions(backbone.model, prompts.tokens))
+    tree = PrefixTree.build(prompts.index, pool_positions(backbone.text_tower(), prompts.tokens))
     return {
         "pairs": pairs,
         "attrs": attrs,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import open_clip
 import pytest
 import torch
@@ -10,6 +12,7 @@ from open_clip.transformer import text_global_pool
 
 from bench.backbones import find_text_tower, load_backbone
 from bench.backbones.openclip import OpenClipBackbone
+from bench.errors import BenchError
 from bench.prefix_text import (
     PrefixTree,
     PromptRows,
@@ -45,10 +48,10 @@ def _features_and_grads(
     return features.detach(), list(torch.autograd.grad(_loss(features), leaves))
 
 
-def _assert_prefix_equals_full(full, model, prompts_fn, leaves) -> None:
+def _assert_prefix_equals_full(full, tower, prompts_fn, leaves) -> None:
     """Same features and same gradients of every leaf for both encoders."""
     ref, ref_grads = _features_and_grads(full, prompts_fn(), leaves)
-    got, got_grads = _features_and_grads(lambda p: encode_prompts(model, p), prompts_fn(), leaves)
+    got, got_grads = _features_and_grads(lambda p: encode_prompts(tower, p), prompts_fn(), leaves)
     assert got.dtype == torch.float32 and got.shape == ref.shape
     torch.testing.assert_close(got, ref, **TOLERANCE)
     for mine, theirs in zip(got_grads, ref_grads, strict=True):
@@ -92,7 +95,7 @@ def test_csp_prompts_match_full(tiny: OpenClipBackbone, length: int) -> None:
             ],
         )
 
-    _assert_prefix_equals_full(_backbone_full(tiny), tiny.model, prompts, [vocabulary])
+    _assert_prefix_equals_full(_backbone_full(tiny), tiny.text_tower(), prompts, [vocabulary])
 
 
 def test_coop_prompts_match_full(tiny: OpenClipBackbone) -> None:
@@ -114,7 +117,7 @@ def test_coop_prompts_match_full(tiny: OpenClipBackbone) -> None:
             ],
         )
 
-    _assert_prefix_equals_full(_backbone_full(tiny), tiny.model, prompts, [context])
+    _assert_prefix_equals_full(_backbone_full(tiny), tiny.text_tower(), prompts, [context])
 
 
 def test_hard_prompts_with_names_of_different_lengths_match_full(tiny: OpenClipBackbone) -> None:
@@ -126,10 +129,10 @@ def test_hard_prompts_with_names_of_different_lengths_match_full(tiny: OpenClipB
     def prompts() -> PromptRows:
         return PromptRows(tokens, table, tokens)
 
-    _assert_prefix_equals_full(_backbone_full(tiny), tiny.model, prompts, [table])
+    _assert_prefix_equals_full(_backbone_full(tiny), tiny.text_tower(), prompts, [table])
     with torch.no_grad():
         reference = tiny.model.encode_text(tokens)
-        got = encode_prompts(tiny.model, token_prompts(tiny.model, tokens))
+        got = encode_prompts(tiny.text_tower(), token_prompts(tiny.text_tower(), tokens))
     torch.testing.assert_close(got, reference, **TOLERANCE)
 
 
@@ -146,7 +149,7 @@ def test_tree_shares_prefix_and_attribute_positions(tiny: OpenClipBackbone) -> N
         ],
     )
     assert prompts.rows.shape[0] == 8 + len(vocabulary)  # one table for both slots
-    tree = PrefixTree.build(prompts.index, pool_positions(tiny.model, prompts.tokens))
+    tree = PrefixTree.build(prompts.index, pool_positions(tiny.text_tower(), prompts.tokens))
     n_attrs = len(PAIRS[:, 0].unique())
     # SOT a photo of | one node per attribute | object and EOT per pair; padding never
     assert len(tree.node_rows) == (eot - 2) + n_attrs + 2 * len(PAIRS)
@@ -155,22 +158,23 @@ def test_tree_shares_prefix_and_attribute_positions(tiny: OpenClipBackbone) -> N
     assert tree.node_depths.max() == eot
     assert tree.outputs.unique().numel() == len(PAIRS)
     torch.testing.assert_close(
-        encode_tree(tiny.model, tree, prompts.rows), encode_prompts(tiny.model, prompts)
+        encode_tree(tiny.text_tower(), tree, prompts.rows),
+        encode_prompts(tiny.text_tower(), prompts),
     )
 
 
 def test_identical_prompts_share_every_node(tiny: OpenClipBackbone) -> None:
     tokens = tiny.tokenizer(["a photo of a dog"] * 3 + ["a photo"])
-    tree = PrefixTree.build(tokens, pool_positions(tiny.model, tokens))
+    tree = PrefixTree.build(tokens, pool_positions(tiny.text_tower(), tokens))
     assert tree.outputs[:3].unique().numel() == 1
     assert len(tree.node_rows) == int(tokens[0].argmax()) + 1 + 1  # + EOT after "a photo"
 
 
 def test_output_positions_can_be_chosen(tiny: OpenClipBackbone) -> None:
     tokens = tiny.tokenizer(["a photo of a dog", "a cat"])
-    prompts = token_prompts(tiny.model, tokens)
+    prompts = token_prompts(tiny.text_tower(), tokens)
     with torch.no_grad():
-        got = encode_prompts(tiny.model, prompts, positions=torch.tensor([2, 1]))
+        got = encode_prompts(tiny.text_tower(), prompts, positions=torch.tensor([2, 1]))
         cut = tokens.clone()
         cut[0, 3:] = 0
         cut[1, 2:] = 0
@@ -183,9 +187,9 @@ def test_checkpointed_layers_give_the_same_features_and_gradients(tiny: OpenClip
     tokens = tiny.tokenizer(["a photo of red circle", "a photo of wet traffic light"])
     table = tiny.model.token_embedding.weight.detach().clone().requires_grad_(True)
     prompts = PromptRows(tokens, table, tokens)
-    plain = encode_prompts(tiny.model, prompts)
+    plain = encode_prompts(tiny.text_tower(), prompts)
     (plain_grad,) = torch.autograd.grad(_loss(plain), [table])
-    saved = encode_prompts(tiny.model, prompts, checkpoint_layers=True)
+    saved = encode_prompts(tiny.text_tower(), prompts, checkpoint_layers=True)
     (saved_grad,) = torch.autograd.grad(_loss(saved), [table])
     torch.testing.assert_close(saved, plain, **TOLERANCE)
     torch.testing.assert_close(saved_grad, plain_grad, **TOLERANCE)
@@ -193,9 +197,9 @@ def test_checkpointed_layers_give_the_same_features_and_gradients(tiny: OpenClip
 
 def test_autocast_bfloat16_stays_close_to_the_full_encoder(tiny: OpenClipBackbone) -> None:
     tokens = tiny.tokenizer([f"a photo of {a} {o}" for a in ATTRS for o in OBJS])
-    prompts = token_prompts(tiny.model, tokens)
+    prompts = token_prompts(tiny.text_tower(), tokens)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        got = encode_prompts(tiny.model, prompts)
+        got = encode_prompts(tiny.text_tower(), prompts)
         reference = tiny.encode_text_embeddings(prompts.embeddings(), tokens)
     assert got.dtype == torch.float32
     assert (got - reference).norm() <= 0.05 * reference.norm()
@@ -260,23 +264,27 @@ def test_custom_text_clip_towers_match_full(text_cfg: dict) -> None:
         torch.testing.assert_close(
             full(PromptRows(tokens, table, tokens)), model.text(tokens), **TOLERANCE
         )
-    _assert_prefix_equals_full(full, model, lambda: PromptRows(tokens, table, tokens), [table])
+    _assert_prefix_equals_full(
+        full, find_text_tower(model), lambda: PromptRows(tokens, table, tokens), [table]
+    )
 
 
 def test_bidirectional_tower_is_refused() -> None:
     model = _custom_text_clip(no_causal_mask=True, pool_type="last")
     tokens = torch.tensor([[49406, 320, 49407]])
     with pytest.raises(ValueError, match="causal"):
-        encode_prompts(model, token_prompts(model, tokens))
+        tower = find_text_tower(model)
+        encode_prompts(tower, token_prompts(tower, tokens))
 
 
 def test_pooling_over_all_positions_is_refused() -> None:
     model = _custom_text_clip(pool_type="none")
     with pytest.raises(ValueError, match="pool type"):
-        pool_positions(model, torch.tensor([[49406, 49407]]))
+        pool_positions(find_text_tower(model), torch.tensor([[49406, 49407]]))
 
 
-def test_model_without_text_tower_is_refused() -> None:
+def test_model_without_text_tower_is_refused(tiny: OpenClipBackbone) -> None:
     assert find_text_tower(torch.nn.Linear(2, 2)) is None
-    with pytest.raises(ValueError, match="text tower"):
-        pool_positions(torch.nn.Linear(2, 2), torch.tensor([[1, 2]]))
+    towerless = dataclasses.replace(tiny, model=torch.nn.Linear(2, 2))
+    with pytest.raises(BenchError, match="no token-level text transformer"):
+        towerless.text_tower()

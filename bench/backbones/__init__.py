@@ -11,6 +11,7 @@ from bench.backbones.base import (
     Backbone,
     ImageEncoder,
     TextEncoder,
+    TextTower,
     clean_name,
 )
 from bench.backbones.openclip import find_text_tower, register_configs
@@ -25,6 +26,7 @@ __all__ = [
     "BackboneSpec",
     "ImageEncoder",
     "TextEncoder",
+    "TextTower",
     "backbone_names",
     "clean_name",
     "find_text_tower",

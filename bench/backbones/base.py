@@ -51,6 +51,24 @@ def random_weights_warning(spec: BackboneSpec) -> str:
 
 
 # ---------------------------------------------------------------------------- interfaces
+@dataclass(frozen=True)
+class TextTower:
+    """The token-level pieces of a CLIP text transformer (open_clip's layout).
+
+    For code that runs the tower itself (``bench.prefix_text``) rather than through
+    ``encode_text``.
+    """
+
+    token_embedding: nn.Embedding
+    positional_embedding: torch.Tensor
+    transformer: nn.Module
+    attn_mask: torch.Tensor | None
+    ln_final: nn.Module
+    text_projection: Any
+    pool_type: str
+    eos_id: int | None
+
+
 class ImageEncoder(Protocol):
     """The image side: transforms and pooled image features.
 
@@ -107,6 +125,10 @@ class TextEncoder(Protocol):
 
     def name_embedding(self, name: str, cleaning: str = "words") -> torch.Tensor:
         """Mean token embedding of ``clean_name(name, cleaning)``'s sub-tokens: (width,)."""
+        ...
+
+    def text_tower(self) -> TextTower:
+        """The text transformer's token-level pieces (frozen, on ``device``)."""
         ...
 
 

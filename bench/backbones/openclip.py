@@ -20,6 +20,7 @@ from torch import nn
 
 from bench.backbones.base import (
     RANDOM_INIT_SEED,
+    TextTower,
     TorchImageEncoder,
     clean_name,
     random_weights_warning,
@@ -48,20 +49,6 @@ def register_configs() -> None:
 
 
 # --------------------------------------------------------------------------- text tower
-@dataclass(frozen=True)
-class TextTower:
-    """The token-level pieces of an open_clip text encoder."""
-
-    token_embedding: nn.Embedding
-    positional_embedding: torch.Tensor
-    transformer: nn.Module
-    attn_mask: torch.Tensor | None
-    ln_final: nn.Module
-    text_projection: Any
-    pool_type: str
-    eos_id: int | None
-
-
 def find_text_tower(model: nn.Module) -> TextTower | None:
     """Return the token-level text encoder parts of an open_clip model, or None.
 
@@ -144,7 +131,7 @@ class OpenClipBackbone(TorchImageEncoder):
 
     def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """Look up token embeddings: (B, L) token ids -> (B, L, width)."""
-        tower = self._text_tower()
+        tower = self.text_tower()
         return tower.token_embedding(tokens.to(self.device))
 
     def encode_text_embeddings(
@@ -166,7 +153,7 @@ class OpenClipBackbone(TorchImageEncoder):
         """
         from open_clip.transformer import text_global_pool
 
-        tower = self._text_tower()
+        tower = self.text_tower()
         tokens = tokens.to(self.device)
         with autocast(self.device, self.autocast_dtype):
             cast_dtype = tower.transformer.get_cast_dtype()
@@ -199,7 +186,7 @@ class OpenClipBackbone(TorchImageEncoder):
             raise BenchError(
                 f"name {name!r} has no tokens after cleaning; rename it in the dataset"
             )
-        tower = self._text_tower()
+        tower = self.text_tower()
         with torch.no_grad():
             index = torch.tensor(ids, dtype=torch.long, device=self.device)
             return tower.token_embedding(index).float().mean(dim=0)
@@ -220,7 +207,12 @@ class OpenClipBackbone(TorchImageEncoder):
         special.update(getattr(inner, "all_special_ids", []) or [])
         return [token for token in row if token not in special]
 
-    def _text_tower(self) -> TextTower:
+    def text_tower(self) -> TextTower:
+        """The token-level text transformer (see :func:`find_text_tower`).
+
+        Raises:
+            BenchError: The model has none (e.g. a Hugging Face text tower).
+        """
         tower = find_text_tower(self.model)
         if tower is None:
             raise BenchError(

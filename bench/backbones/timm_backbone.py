@@ -94,6 +94,7 @@ class TimmBackbone(TorchImageEncoder):
     encode_text_embeddings = _no_text
     token_embeddings = _no_text
     name_embedding = _no_text
+    text_tower = _no_text
     tokenizer = _no_text
     logit_scale = property(_no_text)
 
