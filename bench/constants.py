@@ -14,6 +14,10 @@ WORLDS: tuple[str, ...] = ("cw", "ow")
 WORLD_NAMES: dict[str, str] = {"cw": "closed", "ow": "open"}
 #: ``--augment``: "none" trains on cached features, "paper" on augmented images.
 AUGMENT_CHOICES: tuple[str, ...] = ("none", "paper")
+#: ``--text-encoding``: "prefix" encodes each shared prompt prefix once
+#: (``bench.prefix_text``), "full" every prompt position (the original loop); the first is
+#: the default.
+TEXT_ENCODING_CHOICES: tuple[str, ...] = ("prefix", "full")
 #: ``--feasibility``: open-world filter modes.
 FEASIBILITY_CHOICES: tuple[str, ...] = ("mask", "csp-multiply", "off")
 

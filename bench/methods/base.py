@@ -43,6 +43,8 @@ class FitContext:
         seed: Random seed; the method must seed every generator it uses from it.
         device: Torch device string for training.
         augment: "none" (train on cached features) or "paper" (re-encode augmented images).
+        text_encoding: How methods that encode prompts run the text encoder: "prefix"
+            (each shared prompt prefix once, ``bench.prefix_text``) or "full".
         validate: Scores the val split with the method in its current state and returns the
             closed-world val AUC (computed by the evaluator, not the method).
         on_epoch_end: Progress/logging callback ``(epoch, metrics)``; metrics hold at least
@@ -65,6 +67,7 @@ class FitContext:
     seed: int
     device: str = "cpu"
     augment: str = "none"
+    text_encoding: str = "prefix"
     validate: Callable[[Method], float] = lambda method: float("nan")
     on_epoch_end: Callable[[int, Mapping[str, float]], None] = lambda epoch, metrics: None
     checkpoint_dir: Path | None = None
@@ -88,6 +91,9 @@ class Method(abc.ABC):
     trains: ClassVar[bool] = True
     #: Whether the method needs the backbone's text side (CLIP-family methods).
     needs_text_encoder: ClassVar[bool] = False
+    #: Whether the method runs prompts through the text encoder (so ``--text-encoding``
+    #: applies to it and is part of its cells' configuration).
+    encodes_prompts: ClassVar[bool] = False
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)

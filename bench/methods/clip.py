@@ -9,6 +9,7 @@ import torch
 from bench.backbones import clean_name
 from bench.methods.base import FitContext
 from bench.methods.clip_family import ClipFamilyMethod
+from bench.prefix_text import encode_prompts, token_prompts
 
 
 class ClipZeroShot(ClipFamilyMethod):
@@ -37,7 +38,12 @@ class ClipZeroShot(ClipFamilyMethod):
         ]
 
     def _text_features(self, pairs: torch.Tensor, train: bool) -> torch.Tensor:
-        return self.backbone.encode_text(self.prompts(pairs)).float()
+        backbone = self._require_setup()
+        prompts = self.prompts(pairs)
+        if self.text_encoding == "full":
+            return backbone.encode_text(prompts).float()
+        tower = backbone.text_tower()
+        return encode_prompts(tower, token_prompts(tower, backbone.tokenizer(prompts)))
 
     def fit(self, ctx: FitContext) -> dict[str, Any]:
         """Bind the backbone and dataset; nothing is trained."""

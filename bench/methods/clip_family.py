@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from bench.constants import AUGMENT_CHOICES
+from bench.constants import AUGMENT_CHOICES, TEXT_ENCODING_CHOICES
 from bench.device import autocast
 from bench.errors import BenchError
 from bench.features import ImageFiles, collate_images, view_seed
 from bench.methods.base import FitContext, Method, method_hparams
 from bench.methods.scoring import CandidateCache, as_pair_tensor, block_rows
 from bench.methods.training import TrainableMethod, shuffled_batches, train_pair_labels
+from bench.prefix_text import PrefixTree, PromptRows, encode_prompts, encode_tree, pool_positions
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -35,7 +36,8 @@ TEXT_BATCH_SIZE = 1024
 #: The prompt template of CSP and CoOp: the two ``x`` are replaced by attribute and object.
 SOFT_TEMPLATE = "a photo of x x"
 #: Above this many prompt tokens per step, training encodes the training pairs' prompts in
-#: chunks under activation checkpointing (e.g. C-GQA's 5,592 pairs at 77 tokens).
+#: chunks under activation checkpointing (e.g. C-GQA's 5,592 pairs at 77 tokens); with
+#: prefix encoding, above this many prefix-tree nodes it checkpoints each layer instead.
 CHECKPOINT_TOKENS = 1 << 16
 
 
@@ -239,6 +241,7 @@ class ClipFamilyMethod(Method):
     """
 
     needs_text_encoder = True
+    encodes_prompts = True
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(method_hparams(self.name, hparams))
@@ -248,6 +251,7 @@ class ClipFamilyMethod(Method):
         self.name_cleaning = "words"
         self.text_batch_size = TEXT_BATCH_SIZE
         self.text_cache = CandidateCache()
+        self.text_encoding = "prefix"
 
     # -- setup
     def prepare(self, ctx: FitContext) -> None:
@@ -258,6 +262,7 @@ class ClipFamilyMethod(Method):
         self.hparams.update({k: v for k, v in ctx.hparams.items() if v is not None})
         if ctx.backbone is None:
             raise BenchError(f"method {self.name} needs a CLIP backbone")
+        self._set_text_encoding(ctx.text_encoding, ctx.backbone)
         if (
             self.backbone is ctx.backbone
             and self.dataset is ctx.dataset
@@ -268,6 +273,20 @@ class ClipFamilyMethod(Method):
         self.name_cleaning = ctx.name_cleaning
         self.invalidate()
         self._setup(ctx)
+
+    def _set_text_encoding(self, text_encoding: str, backbone: Backbone) -> None:
+        if text_encoding not in TEXT_ENCODING_CHOICES:
+            raise BenchError(
+                f"unknown text encoding {text_encoding!r}; use one of {TEXT_ENCODING_CHOICES}"
+            )
+        if text_encoding == "prefix":
+            try:
+                backbone.text_tower()
+            except BenchError as exc:
+                raise BenchError(f"{exc}; or run with --text-encoding full") from exc
+        if text_encoding != self.text_encoding:
+            self.text_encoding = text_encoding
+            self.invalidate()
 
     @abc.abstractmethod
     def _setup(self, ctx: FitContext) -> None:
@@ -338,26 +357,56 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
         self._batches: TrainingBatches | None = None
         self._train_pairs: torch.Tensor | None = None
         self._epoch = 0
+        self._train_tree: PrefixTree | None = None
 
     @abc.abstractmethod
     def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
         """The trainable tensors as the prompts use them (e.g. after dropout in training)."""
 
     @abc.abstractmethod
+    def _prompt_embeddings(
+        self, pairs: torch.Tensor, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full encoder's input: (P, L) token ids and (P, L, width) embeddings."""
+
+    @abc.abstractmethod
+    def _prompt_rows(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> PromptRows:
+        """The prefix encoder's input: the pairs' prompts as shared input rows."""
+
     def _encode_pairs(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         """(P, D) text features (not normalised) of ``pairs`` from ``_prompt_inputs``."""
+        backbone = self._require_setup()
+        if self.text_encoding == "prefix":
+            return encode_prompts(backbone.text_tower(), self._prompt_rows(pairs, *inputs))
+        tokens, embeddings = self._prompt_embeddings(pairs, *inputs)
+        return backbone.encode_text_embeddings(embeddings, tokens).float()
 
     def _text_features(self, pairs: torch.Tensor, train: bool) -> torch.Tensor:
         return self._encode_pairs(pairs, *self._prompt_inputs(train))
 
-    def _training_text_features(self, pairs: torch.Tensor) -> torch.Tensor:
+    def _training_text_features(self) -> torch.Tensor:
         """Unit-norm text features of all training pairs, with gradients.
 
-        One set of prompt inputs (one dropout mask) per step. When the prompts hold more
-        than ``CHECKPOINT_TOKENS`` tokens, the text encoder runs in chunks under activation
+        One set of prompt inputs (one dropout mask) per step. Prefix encoding runs all
+        prompts at once over the prefix tree built in ``start_training``, checkpointing each
+        layer above ``CHECKPOINT_TOKENS`` tree nodes. The full encoder, when the prompts hold
+        more than ``CHECKPOINT_TOKENS`` tokens, runs in chunks under activation
         checkpointing (same gradients, bounded memory, one extra forward pass).
         """
+        backbone = self._require_setup()
+        assert self._train_pairs is not None
+        pairs = self._train_pairs
         inputs = self._prompt_inputs(True)
+        if self._train_tree is not None:
+            tree = self._train_tree
+            return normalize(
+                encode_tree(
+                    backbone.text_tower(),
+                    tree,
+                    self._prompt_rows(pairs, *inputs).rows,
+                    checkpoint_layers=len(tree.node_rows) > CHECKPOINT_TOKENS,
+                )
+            )
         tokens = pairs.shape[0] * self.template.tokens.shape[1]
         if tokens <= CHECKPOINT_TOKENS:
             return normalize(self._encode_pairs(pairs, *inputs))
@@ -379,7 +428,11 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
         self.apply_pending_state()
 
     def start_training(self, ctx: FitContext) -> None:
-        """The training batches, the training pairs and the dropout generator."""
+        """The training batches, the training pairs and the dropout generator.
+
+        With prefix encoding also the training prompts' prefix tree: it depends only on
+        which rows the prompts use, not on their values, so it serves every step.
+        """
         backbone = self._require_setup()
         train_pairs = np.asarray(ctx.dataset.seen_pairs_ids(), dtype=np.int64)
         self._batches = TrainingBatches(ctx, train_pairs, int(self.hparams["batch_size"]))
@@ -388,6 +441,13 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
         if ctx.augment == "paper" and ctx.train_views is not None:
             views = ctx.train_views
             self.fit_info["train_views"] = {"encoded": views.encoded, "cached": views.cached}
+        self._train_tree = None
+        if self.text_encoding == "prefix":
+            prompts = self._prompt_rows(self._train_pairs, *self._prompt_inputs(False))
+            tower = backbone.text_tower()
+            self._train_tree = PrefixTree.build(
+                prompts.index, pool_positions(tower, prompts.tokens)
+            )
 
     def start_epoch(self, epoch: int) -> None:
         """Remember the epoch: it picks the epoch's augmented views."""
@@ -406,9 +466,8 @@ class SoftPromptMethod(ClipFamilyMethod, TrainableMethod):
     def training_loss(self, batch: tuple[torch.Tensor, ...], epoch: int) -> torch.Tensor:
         """Cross-entropy of ``logit_scale * cosine`` over all training pairs."""
         backbone = self._require_setup()
-        assert self._train_pairs is not None
         feats, labels = batch
         with autocast_context(backbone):
-            text = self._training_text_features(self._train_pairs)
+            text = self._training_text_features()
         logits = float(backbone.logit_scale) * feats @ text.t()
         return F.cross_entropy(logits, labels)

@@ -16,6 +16,7 @@ import torch
 from bench.errors import BenchError
 from bench.methods.base import FitContext
 from bench.methods.clip_family import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod
+from bench.prefix_text import PromptRows, Slot, fill_template
 
 CONTEXT_INIT = "a photo of"
 
@@ -57,7 +58,9 @@ class CoOp(SoftPromptMethod):
     def _prompt_inputs(self, train: bool) -> tuple[torch.Tensor, ...]:
         return (self.context,)
 
-    def _encode_pairs(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    def _prompt_embeddings(
+        self, pairs: torch.Tensor, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         (context,) = inputs
         tokens, embeddings = self.template.batch(pairs.shape[0])
         eot = self.template.eot
@@ -65,7 +68,18 @@ class CoOp(SoftPromptMethod):
         embeddings[:, 1 : 1 + self.n_ctx, :] = context.to(dtype)
         embeddings[:, eot - 2, :] = self.attr_vectors[pairs[:, 0]].to(dtype)
         embeddings[:, eot - 1, :] = self.obj_vectors[pairs[:, 1]].to(dtype)
-        return self.backbone.encode_text_embeddings(embeddings, tokens).float()
+        return tokens, embeddings
+
+    def _prompt_rows(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> PromptRows:
+        (context,) = inputs
+        eot = self.template.eot
+        every = torch.arange(self.n_ctx, device=pairs.device).expand(len(pairs), -1)
+        slots = [
+            Slot(tuple(range(1, 1 + self.n_ctx)), context, every),
+            Slot((eot - 2,), self.attr_vectors, pairs[:, 0]),
+            Slot((eot - 1,), self.obj_vectors, pairs[:, 1]),
+        ]
+        return fill_template(self.template.tokens, self.template.embeddings, slots)
 
     def trainable_state(self) -> dict[str, Any]:
         """``{"context": (n_ctx, width) tensor}``."""

@@ -17,6 +17,7 @@ import torch
 from bench.errors import BenchError
 from bench.methods.base import FitContext
 from bench.methods.clip_family import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod, dropout
+from bench.prefix_text import PromptRows, Slot, fill_template
 
 
 class CSP(SoftPromptMethod):
@@ -53,13 +54,25 @@ class CSP(SoftPromptMethod):
         p = float(self.hparams.get("attr_dropout", 0.0))
         return (dropout(self.vocabulary, p, self._dropout_generator),)
 
-    def _encode_pairs(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+    def _prompt_embeddings(
+        self, pairs: torch.Tensor, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         (vocabulary,) = inputs
         tokens, embeddings = self.template.batch(pairs.shape[0])
         eot = self.template.eot
         embeddings[:, eot - 2, :] = vocabulary[pairs[:, 0]].to(embeddings.dtype)
         embeddings[:, eot - 1, :] = vocabulary[pairs[:, 1] + len(self.attrs)].to(embeddings.dtype)
-        return self.backbone.encode_text_embeddings(embeddings, tokens).float()
+        return tokens, embeddings
+
+    def _prompt_rows(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> PromptRows:
+        # both slots read the one vocabulary table: a row's gradient sums over its uses
+        (vocabulary,) = inputs
+        eot = self.template.eot
+        slots = [
+            Slot((eot - 2,), vocabulary, pairs[:, 0]),
+            Slot((eot - 1,), vocabulary, pairs[:, 1] + len(self.attrs)),
+        ]
+        return fill_template(self.template.tokens, self.template.embeddings, slots)
 
     def trainable_state(self) -> dict[str, Any]:
         """``{"vocabulary": (n_attr + n_obj, width) tensor, "attrs": [...], "objs": [...]}``."""
