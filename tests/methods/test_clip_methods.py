@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +25,13 @@ TRAIN_PAIRS = (("red", "cat"), ("blue", "dog"), ("green", "car"), ("red", "car")
 VAL_PAIRS = (("red", "cat"), ("green", "dog"))
 TEST_PAIRS = (("blue", "dog"), ("red", "dog"), ("blue", "car"))
 PER_PAIR = 6
+#: Names of several tokens, of different lengths (sorted like the names they replace).
+MULTI_TOKEN = {
+    "blue": "ancient_wet",
+    "green": "faux.fur",
+    "car": "apple pie slice",
+    "dog": "traffic_light",
+}
 
 
 @functools.cache
@@ -32,10 +41,19 @@ def backbone() -> Any:
     return load_backbone("tiny-random", device="cpu")
 
 
-def make_dataset(root: Path | None = None) -> CZSLDataset:
-    """A 3 x 3 dataset with single-token names; images (if ``root``) are tiny PNGs."""
+def make_dataset(root: Path | None = None, names: dict[str, str] | None = None) -> CZSLDataset:
+    """A 3 x 3 dataset with single-token names; images (if ``root``) are tiny PNGs.
+
+    ``names`` renames attributes/objects (e.g. ``MULTI_TOKEN``), keeping their order.
+    """
+    names = names or {}
+
+    def rename(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        return tuple((names.get(a, a), names.get(o, o)) for a, o in pairs)
+
+    train_pairs, val_pairs, test_pairs = rename(TRAIN_PAIRS), rename(VAL_PAIRS), rename(TEST_PAIRS)
     splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
-    for split, pairs in (("train", TRAIN_PAIRS), ("val", VAL_PAIRS), ("test", TEST_PAIRS)):
+    for split, pairs in (("train", train_pairs), ("val", val_pairs), ("test", test_pairs)):
         for attr, obj in pairs:
             for k in range(PER_PAIR if split == "train" else 2):
                 splits[split].append(
@@ -49,16 +67,16 @@ def make_dataset(root: Path | None = None) -> CZSLDataset:
             path = root / "images" / sample.image
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(path)
-    union = sorted(set(TRAIN_PAIRS) | set(VAL_PAIRS) | set(TEST_PAIRS))
+    union = sorted(set(train_pairs) | set(val_pairs) | set(test_pairs))
     return CZSLDataset(
         name="toy",
         root=root or Path("/nonexistent"),
-        attrs=ATTRS,
-        objs=OBJS,
+        attrs=tuple(names.get(a, a) for a in ATTRS),
+        objs=tuple(names.get(o, o) for o in OBJS),
         pairs=tuple(union),
-        train_pairs=TRAIN_PAIRS,
-        val_pairs=VAL_PAIRS,
-        test_pairs=TEST_PAIRS,
+        train_pairs=train_pairs,
+        val_pairs=val_pairs,
+        test_pairs=test_pairs,
         splits=MappingProxyType({k: tuple(v) for k, v in splits.items()}),
         fingerprint="toy",
     )
@@ -68,7 +86,10 @@ def make_features(dataset: CZSLDataset, split: str, seed: int = 0) -> FeatureSet
     """Image features near the zero-shot text feature of each image's pair (plus noise)."""
     attr_ids, obj_ids = dataset.labels(split)
     bb = backbone()
-    prompts = [f"a photo of {ATTRS[a]} {OBJS[o]}" for a, o in zip(attr_ids, obj_ids, strict=True)]
+    prompts = [
+        f"a photo of {dataset.attrs[a]} {dataset.objs[o]}"
+        for a, o in zip(attr_ids, obj_ids, strict=True)
+    ]
     text = torch.nn.functional.normalize(bb.encode_text(prompts), dim=-1).cpu()
     gen = torch.Generator().manual_seed(seed)
     feats = text + 0.5 * torch.randn(text.shape, generator=gen) / text.shape[1] ** 0.5
@@ -373,15 +394,19 @@ def test_official_name_cleaning_in_prompts_and_initial_vectors() -> None:
     assert not torch.equal(vectors["words"], vectors["official"])
 
 
-def test_checkpointed_training_matches_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+# full: 5 train pairs in chunks of 2; prefix: 17 tree nodes, above 8 each layer checkpoints
+@pytest.mark.parametrize(("text_encoding", "small"), [("full", 2 * 77), ("prefix", 8)])
+def test_checkpointed_training_matches_plain(
+    monkeypatch: pytest.MonkeyPatch, text_encoding: str, small: int
+) -> None:
     import bench.methods.clip_family as clip_family
 
     dataset = make_dataset()
     vocabularies = []
-    for limit in (clip_family.CHECKPOINT_TOKENS, 2 * 77):  # 5 train pairs: plain, chunks of 2
+    for limit in (clip_family.CHECKPOINT_TOKENS, small):
         monkeypatch.setattr(clip_family, "CHECKPOINT_TOKENS", limit)
         method = make_method("csp", epochs=1, attr_dropout=0.3)
-        method.fit(make_ctx(dataset, method.hparams))
+        method.fit(make_ctx(dataset, method.hparams, text_encoding=text_encoding))
         vocabularies.append(method.trainable_state()["vocabulary"])
     torch.testing.assert_close(vocabularies[0], vocabularies[1], rtol=1e-5, atol=1e-6)
 
@@ -430,3 +455,113 @@ def test_synthetic_dataset_end_to_end(tiny_dataset: CZSLDataset, tmp_path: Path)
         scores = dense_scores(method, features["val"].features, pairs, block_size=7)
         assert scores.shape == (len(tiny_dataset.splits["val"]), len(pairs))
         assert np.isfinite(scores).all()
+
+
+# ----------------------------------------------------------------------------- text encoding
+
+
+@contextlib.contextmanager
+def counting_calls(name: str) -> Iterator[dict[str, int]]:
+    """Count calls of the tiny backbone's ``name`` method while in the block."""
+    bb = backbone()
+    original = getattr(bb, name)
+    calls = {"n": 0}
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    object.__setattr__(bb, name, counting)
+    try:
+        yield calls
+    finally:
+        object.__delattr__(bb, name)
+
+
+def _soft_prompt_step(method: Any, ctx: FitContext) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The loss of one training step and the gradients of the trained tensors."""
+    method.prepare(ctx)
+    method.start_training(ctx)
+    batch = next(iter(method.epoch_batches(torch.Generator().manual_seed(0))))
+    loss = method.training_loss(batch, 1)
+    return loss.detach(), list(torch.autograd.grad(loss, method.trainable_parameters()))
+
+
+@pytest.mark.parametrize("context_length", [8, 0], ids=["context-8", "context-77"])
+@pytest.mark.parametrize("name", ["csp", "coop"])
+def test_prefix_encoding_equals_full_for_soft_prompts(name: str, context_length: int) -> None:
+    """Training step (loss, gradients) and eval features, with names of several tokens."""
+    dataset = make_dataset(names=MULTI_TOKEN)
+    pairs = dataset.candidate_pairs("open")
+    dropout = {"attr_dropout": 0.3} if name == "csp" else {}
+    results = {}
+    for encoding in ("full", "prefix"):
+        method = make_method(name, epochs=1, context_length=context_length, **dropout)
+        ctx = make_ctx(dataset, method.hparams, text_encoding=encoding)
+        # preparing checks the template's truncation with the full encoder in both modes
+        method.prepare(ctx)
+        assert method.text_encoding == encoding
+        with counting_calls("encode_text_embeddings") as calls:
+            loss, grads = _soft_prompt_step(method, ctx)
+            method.text_batch_size = 4  # several text batches
+            features = method.pair_text_features(pairs)
+        assert (calls["n"] > 0) == (encoding == "full")
+        results[encoding] = (loss, grads, features)
+    (full_loss, full_grads, full_features), (loss, grads, features) = results.values()
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(features, full_features, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(grads, full_grads, strict=True):
+        assert float(theirs.abs().max()) > 0
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_encoding_equals_full_for_clip_prompts() -> None:
+    dataset = make_dataset(names=MULTI_TOKEN)
+    pairs = dataset.candidate_pairs("open")
+    features = {}
+    for encoding in ("full", "prefix"):
+        method = make_method("clip")
+        method.fit(make_ctx(dataset, method.hparams, text_encoding=encoding))
+        method.text_batch_size = 4
+        with counting_calls("encode_text") as calls:
+            features[encoding] = method.pair_text_features(pairs)
+        assert (calls["n"] > 0) == (encoding == "full")
+    lengths = {
+        int(t.argmax()) for t in backbone().tokenizer(method.prompts(torch.as_tensor(pairs)))
+    }
+    assert len(lengths) > 2  # names of different token lengths in one batch
+    torch.testing.assert_close(features["prefix"], features["full"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_csp_fit_with_prefix_encoding_matches_full() -> None:
+    dataset = make_dataset(names=MULTI_TOKEN)
+    feats = make_features(dataset, "test").features
+    fits = {}
+    for encoding in ("full", "prefix"):
+        method = make_method("csp", epochs=2, attr_dropout=0.3)
+        aucs = iter([0.2, 0.3])
+        log = method.fit(
+            make_ctx(
+                dataset,
+                method.hparams,
+                text_encoding=encoding,
+                validate=lambda m, aucs=aucs: next(aucs),
+            )
+        )
+        scores = {
+            w: dense_scores(method, feats, dataset.candidate_pairs(w)) for w in ("closed", "open")
+        }
+        fits[encoding] = (method.trainable_state()["vocabulary"], log, scores)
+    (full_vocabulary, full_log, full_scores), (vocabulary, log, scores) = fits.values()
+    torch.testing.assert_close(vocabulary, full_vocabulary, rtol=1e-5, atol=1e-5)
+    assert log["best_epoch"] == full_log["best_epoch"] == 2
+    assert log["final_loss"] == pytest.approx(full_log["final_loss"], rel=1e-5, abs=1e-5)
+    for world, expected in full_scores.items():
+        np.testing.assert_allclose(scores[world], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_text_encoding_is_refused() -> None:
+    method = make_method("csp", epochs=0)
+    with pytest.raises(BenchError, match="unknown text encoding 'fast'"):
+        method.prepare(make_ctx(make_dataset(), method.hparams, text_encoding="fast"))
