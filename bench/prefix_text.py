@@ -265,6 +265,18 @@ def encode_tree(
 _TREE_FIELDS = ("node_rows", "node_depths", "shared", "branch", "attention_bias", "outputs")
 
 
+def check_tower(tower: TextTower) -> None:
+    """Raise ValueError unless :func:`encode_prompts` can run ``tower`` exactly.
+
+    It needs a causal attention mask over the whole context, one pooled position and
+    open_clip's plain (not scaled-cosine) attention in every block.
+    """
+    _check_causal(tower.attn_mask, tower.positional_embedding.shape[0])
+    pool_positions(tower, torch.zeros(1, 1, dtype=torch.long))
+    for block in tower.transformer.resblocks:
+        _check_attention(block.attn)
+
+
 def _check_causal(mask: torch.Tensor | None, depth: int) -> None:
     """Prefix sharing is exact only under a causal mask (no bidirectional towers)."""
     causal = torch.ones(depth, depth, dtype=torch.bool).triu(1)
@@ -286,15 +298,18 @@ def _block_forward(block: nn.Module, x: torch.Tensor, tree: PrefixTree) -> torch
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def _check_attention(attn: nn.Module) -> None:
+    if isinstance(attn, nn.MultiheadAttention):
+        if attn.in_proj_weight is None or attn.bias_k is not None or attn.add_zero_attn:
+            raise ValueError("unsupported nn.MultiheadAttention configuration")
+    elif getattr(attn, "logit_scale", None) is not None:
+        raise ValueError("prefix encoding does not support scaled cosine attention")
+
+
 def _attention(attn: nn.Module, h: torch.Tensor, tree: PrefixTree) -> torch.Tensor:
     """Self-attention of every node over its ancestors, for both open_clip attention types."""
+    _check_attention(attn)
     custom = not isinstance(attn, nn.MultiheadAttention)
-    if not custom and (
-        attn.in_proj_weight is None or attn.bias_k is not None or attn.add_zero_attn
-    ):
-        raise ValueError("unsupported nn.MultiheadAttention configuration")
-    if custom and getattr(attn, "logit_scale", None) is not None:
-        raise ValueError("prefix encoding does not support scaled cosine attention")
     nodes, width = h.shape
     heads = attn.num_heads
     head_dim = width // heads

@@ -17,6 +17,7 @@ from bench.prefix_text import (
     PrefixTree,
     PromptRows,
     Slot,
+    check_tower,
     encode_prompts,
     encode_tree,
     fill_template,
@@ -281,6 +282,16 @@ def test_pooling_over_all_positions_is_refused() -> None:
     model = _custom_text_clip(pool_type="none")
     with pytest.raises(ValueError, match="pool type"):
         pool_positions(find_text_tower(model), torch.tensor([[49406, 49407]]))
+
+
+def test_check_tower_refuses_up_front_what_encoding_would_refuse(tiny: OpenClipBackbone) -> None:
+    check_tower(tiny.text_tower())
+    for text_cfg in CUSTOM_TOWERS.values():
+        check_tower(find_text_tower(_custom_text_clip(**text_cfg)))
+    with pytest.raises(ValueError, match="causal"):
+        check_tower(find_text_tower(_custom_text_clip(no_causal_mask=True, pool_type="last")))
+    with pytest.raises(ValueError, match="pool type"):
+        check_tower(find_text_tower(_custom_text_clip(pool_type="none")))
 
 
 def test_model_without_text_tower_is_refused(tiny: OpenClipBackbone) -> None:

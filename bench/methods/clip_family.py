@@ -26,7 +26,14 @@ from bench.features import ImageFiles, collate_images, view_seed
 from bench.methods.base import FitContext, Method, method_hparams
 from bench.methods.scoring import CandidateCache, as_pair_tensor, block_rows
 from bench.methods.training import TrainableMethod, shuffled_batches, train_pair_labels
-from bench.prefix_text import PrefixTree, PromptRows, encode_prompts, encode_tree, pool_positions
+from bench.prefix_text import (
+    PrefixTree,
+    PromptRows,
+    check_tower,
+    encode_prompts,
+    encode_tree,
+    pool_positions,
+)
 
 if TYPE_CHECKING:
     from bench.backbones import Backbone
@@ -281,9 +288,12 @@ class ClipFamilyMethod(Method):
             )
         if text_encoding == "prefix":
             try:
-                backbone.text_tower()
-            except BenchError as exc:
-                raise BenchError(f"{exc}; or run with --text-encoding full") from exc
+                check_tower(backbone.text_tower())
+            except (BenchError, ValueError) as exc:
+                raise BenchError(
+                    f"{self.name}: prefix text encoding cannot run backbone {backbone.spec.raw} "
+                    f"({exc}); run with --text-encoding full"
+                ) from exc
         if text_encoding != self.text_encoding:
             self.text_encoding = text_encoding
             self.invalidate()

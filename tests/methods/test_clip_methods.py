@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -561,7 +562,19 @@ def test_csp_fit_with_prefix_encoding_matches_full() -> None:
         np.testing.assert_allclose(scores[world], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_unknown_text_encoding_is_refused() -> None:
+def test_unknown_or_unsupported_text_encoding_is_refused() -> None:
+    import open_clip
+
     method = make_method("csp", epochs=0)
     with pytest.raises(BenchError, match="unknown text encoding 'fast'"):
         method.prepare(make_ctx(make_dataset(), method.hparams, text_encoding="fast"))
+    # a bidirectional text tower (SigLIP-like): prefixes do not determine their states
+    text_cfg = {"width": 32, "heads": 2, "layers": 1, "no_causal_mask": True, "pool_type": "last"}
+    vision_cfg = {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16}
+    model = open_clip.CustomTextCLIP(embed_dim=24, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    bidirectional = dataclasses.replace(backbone(), model=model)
+    ctx = FitContext(
+        dataset=make_dataset(), backbone=bidirectional, features={}, hparams={}, seed=0
+    )
+    with pytest.raises(BenchError, match="causal.*run with --text-encoding full"):
+        make_method("clip").prepare(ctx)
