@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from bench.constants import TEXT_ENCODING_CHOICES
 from bench.errors import BenchError
 
 
@@ -84,6 +85,14 @@ def _name_list(text: str) -> tuple[str, ...]:
     "paper: a freshly augmented view of every image each epoch (official transform order), "
     "encoded once per epoch and shared by the grid's methods [default: the protocol's].",
 )
+@click.option(
+    "--text-encoding",
+    type=click.Choice(TEXT_ENCODING_CHOICES),
+    default="prefix",
+    show_default=True,
+    help="How clip/coop/csp run the text encoder: prefix: each shared prompt prefix once "
+    "(same features up to rounding, faster); full: every position of every prompt.",
+)
 @click.option("--topk", type=int, default=1, show_default=True, help="Top-k accuracy.")
 @click.option(
     "--feasibility",
@@ -149,6 +158,7 @@ def run(
     device: str | None,
     protocol: str | None,
     augment: str | None,
+    text_encoding: str,
     topk: int,
     feasibility: str | None,
     word_vectors: str | None,
@@ -194,6 +204,7 @@ def run(
         device=device,
         protocol=protocol,
         augment=augment,
+        text_encoding=text_encoding,
         topk=topk,
         feasibility=feasibility,
         word_vectors=word_vectors,

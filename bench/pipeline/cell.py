@@ -205,6 +205,7 @@ class CellRunner:
             seed=cell.seed,
             device=str(ctx.backbone.device),
             augment=protocol["augment"],
+            text_encoding=self.config.text_encoding,
             validate=evaluation.validation_auc,
             on_epoch_end=on_epoch_end,
             checkpoint_dir=checkpoint_dir,

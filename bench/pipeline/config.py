@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.constants import AUGMENT_CHOICES, FEASIBILITY_CHOICES
+from bench.constants import AUGMENT_CHOICES, FEASIBILITY_CHOICES, TEXT_ENCODING_CHOICES
 from bench.data.registry import dataset_card, is_registered
 from bench.errors import BenchError
 from bench.protocol import PROTOCOL_CHOICES, build_protocol, default_protocol_name
@@ -41,6 +41,8 @@ class RunConfig:
             datasets, "harness" on synthetic and folder datasets.
         augment: "none" trains on cached features; "paper" on augmented views; None: the
             protocol's (an explicit value overrides it and is recorded).
+        text_encoding: "prefix" encodes each shared prompt prefix once, "full" every prompt
+            position; recorded in the cell config of methods that encode prompts.
         topk: Top-k accuracy.
         feasibility: Open-world filter: "mask" (proper masking), "csp-multiply" (CSP's
             variant, for reproduction) or "off"; None: the protocol's.
@@ -67,6 +69,7 @@ class RunConfig:
     device: str | None = None
     protocol: str | None = None
     augment: str | None = None
+    text_encoding: str = "prefix"
     topk: int = 1
     feasibility: str | None = None
     word_vectors: str | None = None
@@ -98,6 +101,11 @@ class RunConfig:
         if self.augment is not None and self.augment not in AUGMENT_CHOICES:
             raise BenchError(
                 f"--augment: {self.augment!r} is not one of {', '.join(AUGMENT_CHOICES)}"
+            )
+        if self.text_encoding not in TEXT_ENCODING_CHOICES:
+            raise BenchError(
+                f"--text-encoding: {self.text_encoding!r} is not one of "
+                f"{', '.join(TEXT_ENCODING_CHOICES)}"
             )
         if self.feasibility is not None and self.feasibility not in FEASIBILITY_CHOICES:
             raise BenchError(

@@ -138,6 +138,8 @@ def cell_config(
             word_vectors_spec=config.word_vectors,
         )
     )
+    if method_class.encodes_prompts:
+        resolved["text_encoding"] = config.text_encoding
     if init_state is not None and method_class.trains:
         resolved["init_state"] = dict(init_state.info)
     return resolved

@@ -386,3 +386,44 @@ def test_load_state_with_zero_epochs_reproduces_the_trained_cell(finished_run, t
             assert mine["metrics"][split][world]["auc"] == pytest.approx(
                 reference["metrics"][split][world]["auc"], abs=1e-6
             )
+
+
+@pytest.mark.slow
+def test_text_encoding_reaches_the_methods_and_their_result_config(
+    tiny_root, tmp_path, monkeypatch
+):
+    import bench.methods.clip_family as clip_family
+
+    trees = {"n": 0}
+    build_positions = clip_family.pool_positions
+
+    def counting(*args, **kwargs):
+        trees["n"] += 1
+        return build_positions(*args, **kwargs)
+
+    monkeypatch.setattr(clip_family, "pool_positions", counting)  # prefix training only
+    results = {}
+    for encoding in ("full", "prefix"):
+        trees["n"] = 0
+        results_dir = tmp_path / encoding
+        done = _run(
+            [
+                *("--methods", "csp", "--datasets", "synthetic-tiny", "--seeds", "0"),
+                *("--backbone", "tiny-random", "--epochs", "1", "--no-mlflow"),
+                *("--data-root", str(tiny_root), "--results-dir", str(results_dir)),
+                *("--text-encoding", encoding),
+            ]
+        )
+        assert done.exit_code == 0, done.output
+        assert trees["n"] == (encoding == "prefix")
+        (path,) = _result_files(results_dir)
+        results[encoding] = json.loads(path.read_text())
+    full, prefix = results["full"], results["prefix"]
+    assert full["config"]["text_encoding"] == "full"
+    assert prefix["config"] == {**full["config"], "text_encoding": "prefix"}
+    assert prefix["config_hash"] != full["config_hash"]
+    for split in ("val", "test"):
+        for world in ("cw", "ow"):
+            ours, reference = prefix["metrics"][split][world], full["metrics"][split][world]
+            for key in ("auc", "best_hm", "best_seen", "best_unseen", "closed_acc"):
+                assert ours[key] == pytest.approx(reference[key], abs=1e-5), (split, world, key)

@@ -11,9 +11,8 @@ from bench.pipeline.plan import cell_config, plan_grid
 from bench.pipeline.prepare import prepare_dataset
 
 
-def _word_vector_run(tiny_root, tmp_path, methods, word_vectors):
-    """A config over synthetic-tiny (tiny-random) with the word_vectors hparam overridden,
-    and the dataset's context."""
+def _tiny_run(tiny_root, tmp_path, methods, **options):
+    """A config over synthetic-tiny (tiny-random) and the dataset's context."""
     config = RunConfig(
         methods=methods,
         datasets=("synthetic-tiny",),
@@ -22,9 +21,14 @@ def _word_vector_run(tiny_root, tmp_path, methods, word_vectors):
         data_root=tiny_root,
         results_dir=tmp_path,
         log_mlflow=False,
-        hparam_overrides={"word_vectors": word_vectors},
+        **options,
     )
     return config, prepare_dataset(config, "synthetic-tiny", events=EventBus())
+
+
+def _word_vector_run(tiny_root, tmp_path, methods, word_vectors):
+    """A synthetic-tiny config with the word_vectors hparam overridden, and its context."""
+    return _tiny_run(tiny_root, tmp_path, methods, hparam_overrides={"word_vectors": word_vectors})
 
 
 def test_default_word_vectors_are_part_of_the_cell_config(tiny_root, tmp_path, monkeypatch):
@@ -65,3 +69,17 @@ def test_word_vectors_hparam_list_takes_the_first_that_loads(tiny_root, tmp_path
     assert chosen("backbone") == {"spec": "backbone", "source": "hparam word_vectors"}
     with pytest.raises(BenchError, match="no word vectors for dataset synthetic-tiny"):
         chosen(f"glove:{missing},glove:{missing}.2")
+
+
+def test_text_encoding_is_in_the_config_of_prompt_encoding_methods_only(tiny_root, tmp_path):
+    configs = {}
+    for encoding in ("full", "prefix"):
+        config, ctx = _tiny_run(tiny_root, tmp_path, ("clip", "visprod"), text_encoding=encoding)
+        configs[encoding] = {c.method: cell_config(config, c, ctx) for c in plan_grid(config).cells}
+    assert configs["prefix"]["clip"]["text_encoding"] == "prefix"
+    assert configs["full"]["clip"] == {**configs["prefix"]["clip"], "text_encoding": "full"}
+    # word-embedding cells keep the configuration (and so the hash) they had before
+    assert "text_encoding" not in configs["prefix"]["visprod"]
+    assert configs["prefix"]["visprod"] == configs["full"]["visprod"]
+    with pytest.raises(BenchError, match="--text-encoding: 'fast'"):
+        RunConfig(methods=("clip",), datasets=("synthetic-tiny",), text_encoding="fast")
