@@ -74,6 +74,8 @@ def test_no_text_side_and_errors(tmp_path: Path) -> None:
         backbone.encode_text(["a photo"])
     with pytest.raises(BenchError, match="no text encoder"):
         backbone.name_embedding("red")
+    with pytest.raises(BenchError, match="no text encoder"):
+        backbone.text_tower()
     from bench.wordvectors import load_word_vectors
 
     class Names:
