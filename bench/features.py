@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ from bench.io import atomic_write_bytes, atomic_write_json, sha256_file, sha256_
 CACHE_FORMAT = 1
 #: Feature transforms: "eval" (the backbone's preprocess) and "hflip" (mirrored, then eval).
 TRANSFORMS: tuple[str, ...] = ("eval", "hflip")
+#: Feature levels a method can declare in ``Method.needs``: one pooled embedding per image,
+#: or the image transformer's last-block token sequence.
+FEATURE_LEVELS: tuple[str, ...] = ("pooled", "tokens")
 
 
 @dataclass
@@ -147,6 +150,25 @@ def _warn(console: Any, message: str) -> None:
     )
 
 
+def _matching_manifest(
+    manifest_path: Path, key: str, inputs: dict[str, Any], what: str, console: Any
+) -> dict[str, Any] | None:
+    """The entry's manifest if it is readable and matches ``key``/``inputs``, else None."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _warn(console, f"{what} has an unreadable manifest ({exc}); rebuilding it")
+        return None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("key") != key
+        or manifest.get("inputs") != inputs
+    ):
+        _warn(console, f"{what} does not match its inputs; rebuilding it")
+        return None
+    return manifest
+
+
 def _load_entry(
     tensor_path: Path,
     manifest_path: Path,
@@ -161,17 +183,8 @@ def _load_entry(
     if not manifest_path.exists():
         return None
     what = f"feature cache entry {manifest_path}"
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _warn(console, f"{what} has an unreadable manifest ({exc}); rebuilding it")
-        return None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("key") != key
-        or manifest.get("inputs") != inputs
-    ):
-        _warn(console, f"{what} does not match its inputs; rebuilding it")
+    manifest = _matching_manifest(manifest_path, key, inputs, what, console)
+    if manifest is None:
         return None
     if not tensor_path.is_file():
         _warn(console, f"{what}: tensor file {tensor_path.name} is missing; rebuilding it")
@@ -555,3 +568,205 @@ class TrainViews:
                 "or use another --results-dir, then rerun"
             )
         self._checked_disk = True
+
+
+# ------------------------------------------------------------------------- image tokens
+@dataclass(frozen=True)
+class TokenSet:
+    """Image tokens of one split, in a memory-mapped fp16 ``.npy`` file (never loaded whole).
+
+    Attributes:
+        path: The ``.npy`` file, shape (N, T, width), float16.
+        attr_idx: (N,) int64 attribute ids.
+        obj_idx: (N,) int64 object ids.
+        image_paths: Image paths relative to ``<root>/images``, in sample order.
+        cache_hit: Whether the tokens came from the cache.
+        key: The cache key.
+    """
+
+    path: Path
+    attr_idx: np.ndarray
+    obj_idx: np.ndarray
+    image_paths: tuple[str, ...]
+    cache_hit: bool
+    key: str
+
+    def array(self) -> np.ndarray:
+        """The read-only memory map (opened on each call, so the set pickles small)."""
+        return np.load(self.path, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(N, T, width)."""
+        return tuple(self.array().shape)
+
+    def rows(self, index: np.ndarray | torch.Tensor | slice) -> torch.Tensor:
+        """The tokens of some images as a float32 tensor (only those rows are read)."""
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        return torch.from_numpy(np.asarray(self.array()[index], dtype=np.float32))
+
+    def batches(self, size: int) -> Iterator[torch.Tensor]:
+        """Float32 (b, T, width) tensors of consecutive images, in sample order."""
+        for start in range(0, len(self), max(1, size)):
+            yield self.rows(slice(start, start + size))
+
+
+def image_token_shape(backbone: Any) -> tuple[int, int]:
+    """(T, width) of the backbone's image tokens, without encoding an image.
+
+    Raises:
+        BenchError: The backbone has no token-level image access.
+    """
+    if not hasattr(backbone, "encode_image_tokens"):
+        raise BenchError(
+            f"backbone {backbone.spec.raw} gives no image tokens; methods on image tokens "
+            "need an open_clip ViT backbone (e.g. ViT-L-14:openai)"
+        )
+    return backbone.image_token_shape()
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def _load_token_entry(
+    array_path: Path,
+    manifest_path: Path,
+    key: str,
+    inputs: dict[str, Any],
+    shape: tuple,
+    console: Any,
+) -> bool:
+    """Whether a complete, matching token entry exists (after a warning if it is bad).
+
+    The array is too large to hash on every run: its sha256 is recorded at extraction and
+    the file's size and header are checked here; the manifest, written last, vouches for it.
+    """
+    if not manifest_path.exists():
+        return False
+    what = f"token cache entry {manifest_path}"
+    manifest = _matching_manifest(manifest_path, key, inputs, what, console)
+    if manifest is None:
+        return False
+    try:
+        array = np.load(array_path, mmap_mode="r")
+        ok = (
+            array.dtype == np.float16
+            and tuple(array.shape) == shape
+            and array_path.stat().st_size == manifest.get("bytes")
+        )
+    except (OSError, ValueError) as exc:
+        _warn(
+            console, f"{what} cannot be opened ({' '.join(str(exc).split())[:160]}); rebuilding it"
+        )
+        return False
+    if not ok:
+        _warn(console, f"{what} has the wrong size or shape; rebuilding it")
+    return ok
+
+
+def extract_tokens(
+    backbone: Backbone,
+    dataset: Any,
+    split: str,
+    results_dir: Path,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    console: Any = None,
+) -> TokenSet:
+    """Return a split's image tokens (fp16, memory-mapped), from the cache or by encoding.
+
+    Entries sit beside the pooled features, keyed like them plus ``level: tokens``. The size
+    is printed before extraction; extraction refuses (one line) when the disk is short. The
+    array is written to a temporary file, renamed into place, and the manifest comes last.
+
+    Raises:
+        BenchError: Too little free disk, a missing or unreadable image, a backbone
+            without image tokens.
+    """
+    console = _console(console)
+    samples = _split_samples(dataset, split)
+    attr_idx, obj_idx = (np.asarray(ids, dtype=np.int64) for ids in dataset.labels(split))
+    image_paths = tuple(sample.image for sample in samples)
+    inputs = {**_key_inputs(backbone, dataset, split, "eval"), "level": "tokens"}
+    key = sha256_json(inputs)[:32]
+    pooled_path, _ = _entry_paths(Path(results_dir), inputs, key)
+    array_path = pooled_path.with_name(pooled_path.stem + "-tokens.npy")
+    manifest_path = pooled_path.with_name(pooled_path.stem + "-tokens.json")
+    n_tokens, width = image_token_shape(backbone)
+    shape = (len(samples), n_tokens, width)
+    token_set = TokenSet(array_path, attr_idx, obj_idx, image_paths, cache_hit=True, key=key)
+    if _load_token_entry(array_path, manifest_path, key, inputs, shape, console):
+        return token_set
+
+    size = int(np.prod(shape)) * 2
+    folder = array_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise BenchError(
+            f"image tokens of {dataset.name}/{split} need {_human_bytes(size)} but {folder} "
+            f"has {_human_bytes(free)} free; free disk space or use another --results-dir"
+        )
+    console.print(
+        f"image tokens {dataset.name}/{split}: {shape[0]} x {n_tokens} x {width} fp16 = "
+        f"{_human_bytes(size)} in {folder}",
+        markup=False,
+        highlight=False,
+    )
+    with contextlib.suppress(FileNotFoundError):
+        manifest_path.unlink()  # no manifest may vouch for an array being replaced
+    temporary = folder / f".{array_path.name}.{os.getpid()}.tmp"
+    try:
+        array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float16, shape=shape)
+        loader = torch.utils.data.DataLoader(
+            ImageFiles([dataset.image_path(s) for s in samples], _transform(backbone, "eval")),
+            batch_size=max(1, batch_size),
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate_images,
+        )
+        start = 0
+        with _progress(console) as progress:
+            task = progress.add_task(f"tokens {dataset.name}/{split}", total=len(samples))
+            for images, error in loader:
+                if error is not None:
+                    raise BenchError(error)
+                tokens = backbone.encode_image_tokens(images).cpu().numpy()
+                array[start : start + len(tokens)] = tokens
+                start += len(tokens)
+                progress.advance(task, len(tokens))
+        array.flush()
+        del array
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, array_path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    atomic_write_json(
+        manifest_path,
+        {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "inputs": inputs,
+            "backbone": {"spec": backbone.spec.raw, "identifier": backbone.identifier},
+            "shape": list(shape),
+            "dtype": "float16",
+            "bytes": array_path.stat().st_size,
+            "array_file": array_path.name,
+            "sha256": sha256_file(array_path),
+            "bench_version": __version__,
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+    )
+    return TokenSet(array_path, attr_idx, obj_idx, image_paths, cache_hit=False, key=key)

@@ -300,3 +300,54 @@ def test_train_views_disk_full_while_writing(
     with pytest.raises(BenchError, match="disk full.*nothing was written"):
         views.epoch(1)
     assert _entry_files(tmp_path) == []
+
+
+# ------------------------------------------------------------------------- image tokens
+def _tokens(backbone: Any, dataset: Any, results: Path) -> tuple[Any, str]:
+    from bench.features import extract_tokens
+
+    console, buffer = _console()
+    tokens = extract_tokens(backbone, dataset, "val", results, console=console, batch_size=8)
+    return tokens, buffer.getvalue()
+
+
+def test_token_cache_shape_dtype_and_pooling(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path
+) -> None:
+    token_set, out = _tokens(tiny, dataset, tmp_path)
+    n = len(dataset.splits["val"])
+    n_tokens, width = tiny.image_token_shape()
+    assert not token_set.cache_hit and "fp16 =" in out
+    array = token_set.array()
+    assert isinstance(array, np.memmap) and array.dtype == np.float16
+    assert array.shape == (n, n_tokens, width) == token_set.shape
+    # read in batches, in sample order; pooling the cached tokens gives the pooled features
+    batches = list(token_set.batches(5))
+    assert [len(b) for b in batches][0] == 5 and sum(len(b) for b in batches) == n
+    pooled = tiny.pool_image_tokens(torch.cat(batches))
+    features, _ = _extract(tiny, dataset, tmp_path)
+    assert torch.allclose(pooled, features.features, atol=1e-2, rtol=1e-2)  # fp16 storage
+    again, out = _tokens(tiny, dataset, tmp_path)
+    assert again.cache_hit and out == "" and again.path == token_set.path
+    assert not list(token_set.path.parent.glob(".*.tmp"))
+
+
+def test_token_cache_rebuilds_a_truncated_array(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path
+) -> None:
+    token_set, _ = _tokens(tiny, dataset, tmp_path)
+    with open(token_set.path, "r+b") as handle:
+        handle.truncate(token_set.path.stat().st_size - 10)
+    again, out = _tokens(tiny, dataset, tmp_path)
+    assert not again.cache_hit and "rebuilding" in out
+    assert again.shape == token_set.shape
+
+
+def test_token_cache_refuses_when_the_disk_is_short(
+    tiny: Backbone, dataset: CZSLDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr("bench.features.shutil.disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(BenchError, match=r"need .* free; free disk space"):
+        _tokens(tiny, dataset, tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

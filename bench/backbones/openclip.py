@@ -113,6 +113,42 @@ class OpenClipBackbone(TorchImageEncoder):
         """open_clip's pooled, projected image features."""
         return self.model.encode_image(images)
 
+    def encode_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The token sequence of the image transformer's last block, before its final norm.
+
+        Args:
+            images: (N, 3, H, W) tensor from ``preprocess`` (any device).
+
+        Returns:
+            (N, T, width) float32 tokens on ``device`` (T = 1 + patches: 257 at ViT-L/14).
+        """
+        visual = self._vision_tower()
+        images = images.to(self.device, non_blocking=True)
+        with torch.no_grad(), autocast(self.device, self.autocast_dtype):
+            tokens = visual.transformer(visual._embeds(images))
+        return tokens.float()
+
+    def image_token_shape(self) -> tuple[int, int]:
+        """(T, width) of ``encode_image_tokens``' output per image."""
+        n_tokens, width = self._vision_tower().positional_embedding.shape
+        return int(n_tokens), int(width)
+
+    def pool_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final norm, pooling and projection of ``encode_image_tokens``' output.
+
+        ``pool_image_tokens(encode_image_tokens(x))`` is ``encode_images(x)``; it is
+        differentiable, so methods that change tokens (fusion) pool them the model's way.
+
+        Returns:
+            (N, embed_dim) float32 features on ``device``, not normalised.
+        """
+        visual = self._vision_tower()
+        with autocast(self.device, self.autocast_dtype):
+            pooled, _ = visual._pool(tokens.to(self.device))
+            if visual.proj is not None:
+                pooled = pooled @ visual.proj
+        return pooled.float()
+
     # -------------------------------------------------------------------- text
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Encode prompts without gradients.
@@ -151,10 +187,19 @@ class OpenClipBackbone(TorchImageEncoder):
         Returns:
             (B, embed_dim) float32 features on ``device``, not normalised.
         """
-        from open_clip.transformer import text_global_pool
+        return self.pool_text_tokens(self.encode_text_hidden(embeddings), tokens)
 
+    def encode_text_hidden(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The text transformer's last-block outputs for custom token embeddings.
+
+        Args:
+            embeddings: (B, L, width) token embeddings (L may be below the context length).
+
+        Returns:
+            (B, L, width) outputs before the final norm, in the autocast dtype
+            (differentiable); ``pool_text_tokens`` finishes them.
+        """
         tower = self.text_tower()
-        tokens = tokens.to(self.device)
         with autocast(self.device, self.autocast_dtype):
             cast_dtype = tower.transformer.get_cast_dtype()
             x = embeddings.to(self.device).to(cast_dtype)
@@ -165,9 +210,27 @@ class OpenClipBackbone(TorchImageEncoder):
             mask = tower.attn_mask
             if mask is not None:
                 mask = mask[:length, :length]
-            x = tower.transformer(x, attn_mask=mask)
-            x = tower.ln_final(x)
-            x = text_global_pool(x, tokens, tower.pool_type, eos_token_id=tower.eos_id)
+            return tower.transformer(x, attn_mask=mask)
+
+    def pool_text_tokens(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Final norm, end-of-text pooling and projection of text-transformer outputs.
+
+        Args:
+            hidden: (B, L, width) outputs of the text transformer's last block (e.g. after
+                a method changed them).
+            tokens: (B, L) token ids (used for pooling).
+
+        Returns:
+            (B, embed_dim) float32 features on ``device``, not normalised (differentiable).
+        """
+        from open_clip.transformer import text_global_pool
+
+        tower = self.text_tower()
+        with autocast(self.device, self.autocast_dtype):
+            x = tower.ln_final(hidden)
+            x = text_global_pool(
+                x, tokens.to(self.device), tower.pool_type, eos_token_id=tower.eos_id
+            )
             projection = tower.text_projection
             if projection is not None:
                 x = projection(x) if isinstance(projection, nn.Linear) else x @ projection
@@ -206,6 +269,15 @@ class OpenClipBackbone(TorchImageEncoder):
         inner = getattr(self.tokenizer, "tokenizer", None)
         special.update(getattr(inner, "all_special_ids", []) or [])
         return [token for token in row if token not in special]
+
+    def _vision_tower(self) -> nn.Module:
+        visual = self.model.visual
+        if not (hasattr(visual, "_embeds") and hasattr(visual, "_pool")):
+            raise BenchError(
+                f"backbone {self.spec.raw} ({type(visual).__name__}) has no token-level image "
+                "transformer; methods on image tokens need an open_clip ViT (e.g. ViT-L-14:openai)"
+            )
+        return visual
 
     def text_tower(self) -> TextTower:
         """The token-level text transformer (see :func:`find_text_tower`).

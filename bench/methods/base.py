@@ -58,6 +58,8 @@ class FitContext:
         train_views: With ``augment="paper"``: the pipeline's cache of augmented training
             views (``bench.features.TrainViews``), shared by the methods of a grid; None
             re-encodes augmented images live.
+        tokens: Cached image tokens per split (``bench.features.TokenSet``), for methods
+            whose ``needs`` include "tokens"; empty otherwise.
     """
 
     dataset: CZSLDataset
@@ -76,6 +78,7 @@ class FitContext:
     name_cleaning: str = "words"
     train_views: TrainViews | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    tokens: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Method(abc.ABC):
@@ -94,6 +97,9 @@ class Method(abc.ABC):
     #: Whether the method runs prompts through the text encoder (so ``--text-encoding``
     #: applies to it and is part of its cells' configuration).
     encodes_prompts: ClassVar[bool] = False
+    #: The feature levels it needs (``bench.features.FEATURE_LEVELS``); the first one is
+    #: what ``score`` receives: pooled (N, D) features or a ``TokenSet``.
+    needs: ClassVar[tuple[str, ...]] = ("pooled",)
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
@@ -109,7 +115,8 @@ class Method(abc.ABC):
         """Yield float32 score blocks of shape (n_i, P), in image order.
 
         Args:
-            image_features: (N, D) features of the images to score.
+            image_features: (N, D) features of the images to score (a ``TokenSet`` for a
+                method whose ``needs`` start with "tokens").
             pairs: (P, 2) int array of (attr_id, obj_id) candidates.
             block_size: Rows per yielded block.
         """

@@ -187,7 +187,7 @@ class CellRunner:
         start = time.perf_counter()
         seed_everything(cell.seed)
         method = get_method_class(cell.method)(config["hparams"])
-        evaluation = CellEvaluation(ctx.dataset, ctx.features, self.config.topk)
+        evaluation = CellEvaluation(ctx.dataset, ctx.features, self.config.topk, ctx.tokens)
         history: list[dict[str, float]] = []
 
         def on_epoch_end(epoch: int, metrics: Mapping[str, float]) -> None:
@@ -213,6 +213,7 @@ class CellRunner:
             epoch_selection=protocol["epoch_selection"],
             name_cleaning=protocol["name_cleaning"],
             train_views=self._train_views(method, protocol, ctx, cell.seed),
+            tokens=ctx.tokens,
             extras={
                 "checkpoint_key": config_hash,
                 "checkpoint_keep": CHECKPOINTS_KEPT,

@@ -15,15 +15,32 @@ from bench.constants import EVAL_SPLITS
 
 
 class CellEvaluation:
-    """Scores a method on val/test, closed and open world, through the pure evaluator."""
+    """Scores a method on val/test, closed and open world, through the pure evaluator.
 
-    def __init__(self, dataset: Any, features: Mapping[str, Any], topk: int) -> None:
+    A method is scored on the feature level it declares first in ``needs``: pooled features
+    (``features``) or image tokens (``tokens``).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        features: Mapping[str, Any],
+        topk: int,
+        tokens: Mapping[str, Any] | None = None,
+    ) -> None:
         self.dataset = dataset
         self.features = features
+        self.tokens = tokens or {}
         self.topk = topk
         self.seen = dataset.seen_pairs_ids()
         self.closed_pairs = dataset.candidate_pairs("closed")
         self.open_pairs = dataset.candidate_pairs("open")
+
+    def inputs(self, method: Any, split: str) -> Any:
+        """What ``method.score`` gets for ``split``: pooled features or a token set."""
+        if method.needs[0] == "tokens":
+            return self.tokens[split]
+        return self.features[split].features
 
     def _labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         fs = self.features[split]
@@ -35,7 +52,7 @@ class CellEvaluation:
 
         attr, obj = self._labels(split)
         return evaluate_scores(
-            method.score(self.features[split].features, self.closed_pairs),
+            method.score(self.inputs(method, split), self.closed_pairs),
             attr,
             obj,
             self.closed_pairs,
@@ -70,7 +87,7 @@ class CellEvaluation:
             for split in EVAL_SPLITS:
                 attr, obj = self._labels(split)
                 metrics[split]["ow"] = evaluate_scores(
-                    method.score(self.features[split].features, pairs),
+                    method.score(self.inputs(method, split), pairs),
                     attr,
                     obj,
                     pairs,
@@ -84,7 +101,7 @@ class CellEvaluation:
         seen = seen_columns(pairs, self.seen)
         attr, obj = self._labels("val")
         selection = select_threshold(
-            lambda: method.score(self.features["val"].features, pairs),
+            lambda: method.score(self.inputs(method, "val"), pairs),
             attr,
             obj,
             pairs,
@@ -102,7 +119,7 @@ class CellEvaluation:
         }
         for split in EVAL_SPLITS:
             attr, obj = self._labels(split)
-            blocks = method.score(self.features[split].features, pairs)
+            blocks = method.score(self.inputs(method, split), pairs)
             if threshold is None:
                 metrics[split]["ow"] = evaluate_scores(
                     blocks, attr, obj, pairs, self.seen, None, self.topk

@@ -7,7 +7,7 @@ two processes on one results folder extract a dataset's features once.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.constants import DATA_SPLITS, slug
@@ -21,8 +21,9 @@ from bench.protocol import OFFLINE_WORD_VECTORS, PAPER_WORD_VECTORS, Protocol, b
 
 @dataclass(frozen=True)
 class DatasetContext:
-    """What every cell of one dataset shares: the dataset, backbone, cached features, the
-    protocol and the open-world feasibility word vectors it asks for."""
+    """What every cell of one dataset shares: the dataset, backbone, cached features
+    (pooled always; image tokens when a method of the run needs them), the protocol and the
+    open-world feasibility word vectors it asks for."""
 
     dataset: Any
     backbone: Any
@@ -31,6 +32,7 @@ class DatasetContext:
     cache_hit: bool
     protocol: Protocol
     word_vectors: Any = None
+    tokens: dict[str, Any] = field(default_factory=dict)
 
 
 def random_weights_warning(backbone: Any) -> str:
@@ -66,7 +68,8 @@ def prepare_dataset(
     """
     from bench.backbones import load_backbone
     from bench.data.registry import open_dataset
-    from bench.features import extract_features
+    from bench.features import extract_features, extract_tokens
+    from bench.methods import get_method_class
 
     dataset = open_dataset(spec, config.data_root, prepare=True)
     backbone_spec = config.backbone_for(spec)
@@ -103,10 +106,16 @@ def prepare_dataset(
                 split: extract_features(backbone, dataset, split, results_dir, console=console)
                 for split in DATA_SPLITS
             }
+            tokens = {}
+            if any("tokens" in get_method_class(name).needs for name in config.methods):
+                tokens = {
+                    split: extract_tokens(backbone, dataset, split, results_dir, console=console)
+                    for split in DATA_SPLITS
+                }
         seconds = time.perf_counter() - start
     finally:
         lock.release()
-    cache_hit = all(f.cache_hit for f in features.values())
+    cache_hit = all(f.cache_hit for f in [*features.values(), *tokens.values()])
     autocast = backbone.autocast_dtype
     protocol = build_protocol(
         config.protocol_for(spec),
@@ -117,7 +126,9 @@ def prepare_dataset(
         word_vectors=config.word_vectors,
     )
     protocol, word_vectors = feasibility_vectors(protocol, dataset, backbone, events)
-    return DatasetContext(dataset, backbone, features, seconds, cache_hit, protocol, word_vectors)
+    return DatasetContext(
+        dataset, backbone, features, seconds, cache_hit, protocol, word_vectors, tokens
+    )
 
 
 def feasibility_vectors(

@@ -84,3 +84,44 @@ def test_encode_images(tiny: Backbone) -> None:
         "RandomRotation",
         "MaybeToTensor",
     ]
+
+
+# ------------------------------------------------------------------------- image tokens
+def _toy_clip_architecture() -> Backbone:
+    """toy-clip's architecture with random weights (its pretraining is not needed here)."""
+    from bench.backbones.openclip import (
+        BuiltModel,
+        assemble_backbone,
+        create_model,
+        register_configs,
+    )
+    from bench.backbones.spec import BackboneSpec
+
+    register_configs()
+    spec = BackboneSpec("toy-clip", "toy-clip", "toy-clip", None)
+    model = create_model(spec, "toy-clip", cache_dir=None)
+    built = BuiltModel(model, "random", True, "toy-clip", "toy-clip-architecture")
+    return assemble_backbone(spec, built, torch.device("cpu"), None)
+
+
+@pytest.mark.parametrize("config", ["tiny-random", "toy-clip"])
+def test_pooled_from_tokens_equals_encode_images(tiny: Backbone, config: str) -> None:
+    backbone = tiny if config == "tiny-random" else _toy_clip_architecture()
+    size = backbone.preprocess_cfg["size"]
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    images = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    tokens = backbone.encode_image_tokens(images)
+    n_tokens, width = backbone.image_token_shape()
+    assert tokens.shape == (3, n_tokens, width) and tokens.dtype == torch.float32
+    assert n_tokens == 1 + (size // backbone.model.visual.patch_size[0]) ** 2
+    pooled = backbone.pool_image_tokens(tokens)
+    assert torch.equal(pooled, backbone.encode_images(images))
+
+
+def test_text_hidden_then_pool_is_encode_text(tiny: Backbone) -> None:
+    tokens = tiny.tokenizer(["a photo of red cat", "a dog"])
+    hidden = tiny.encode_text_hidden(tiny.token_embeddings(tokens))
+    assert hidden.shape == (2, tokens.shape[1], tiny.width)
+    assert torch.equal(
+        tiny.pool_text_tokens(hidden, tokens), tiny.encode_text(["a photo of red cat", "a dog"])
+    )
