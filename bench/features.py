@@ -722,6 +722,7 @@ def extract_tokens(
         f"{_human_bytes(size)} in {folder}",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     with contextlib.suppress(FileNotFoundError):
         manifest_path.unlink()  # no manifest may vouch for an array being replaced

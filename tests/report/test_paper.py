@@ -27,7 +27,8 @@ from bench.protocol import build_protocol
 def test_published_csv_ships_the_csp_paper_numbers() -> None:
     path = report.published_path()
     assert path.name == "published.csv" and path.parent.name == "results"
-    frame = report.load_published()
+    published = report.load_published()
+    frame = published[published["method"] != "dfsp"]
     assert len(frame) == 18
     assert set(frame["backbone"]) == {PAPER_BACKBONE} and set(frame["split"]) == {"test"}
     assert set(frame["dataset"]) == {"mit-states", "ut-zappos", "cgqa"}
@@ -42,6 +43,20 @@ def test_published_csv_ships_the_csp_paper_numbers() -> None:
     assert (row.S, row.U, row.HM, row.AUC) == (21.0, 4.6, 5.5, 0.7)
     assert frame["citation"].str.contains("Nayak, Yu & Bach").all()
     assert frame["citation"].str.contains("ICLR 2023").all()
+
+
+def test_published_csv_ships_dfsp_t2i_with_its_source() -> None:
+    published = report.load_published()
+    frame = published[published["method"] == "dfsp"]
+    assert len(frame) == 6 and set(frame["setting"]) == {"cw", "ow"}
+    assert set(frame["dataset"]) == {"mit-states", "ut-zappos", "cgqa"}
+    assert set(frame["backbone"]) == {PAPER_BACKBONE}
+    row = frame[(frame.dataset == "ut-zappos") & (frame.setting == "cw")].iloc[0]
+    assert (row.S, row.U, row.HM, row.AUC) == (66.7, 71.7, 47.2, 36.0)
+    row = frame[(frame.dataset == "cgqa") & (frame.setting == "ow")].iloc[0]
+    assert (row.S, row.U, row.HM, row.AUC) == (38.3, 7.2, 10.4, 2.4)
+    assert frame["citation"].str.contains("CVPR 2023").all()
+    assert frame["source"].str.contains("Qu et al. \\(ICLR 2025\\)").all()
 
 
 def test_published_path_falls_back_to_the_wheel_copy(
@@ -95,7 +110,7 @@ def test_compare_with_paper_says_why_not(tmp_path: Path) -> None:
     write_result(
         tmp_path, make_result("csp", "synthetic", 0, {"cw": (1, 1, 1, 1)}, backbone="toy-clip")
     )
-    write_result(tmp_path, make_result("dfsp", "ut-zappos", 0, {"cw": (1, 1, 1, 1)}))
+    write_result(tmp_path, make_result("visprod", "ut-zappos", 0, {"cw": (1, 1, 1, 1)}))
     comparison, notes = report.compare_with_paper(report.aggregate(report.load_records(tmp_path)))
     assert comparison.empty
     assert "no paper numbers for backbone toy-clip; the paper used ViT-L-14:openai" in notes
@@ -104,7 +119,8 @@ def test_compare_with_paper_says_why_not(tmp_path: Path) -> None:
         in notes
     )
     assert (
-        "no paper numbers for method dfsp on ut-zappos (the paper reports clip, coop, csp)" in notes
+        "no paper numbers for method visprod on ut-zappos (the paper reports clip, coop, csp, dfsp)"
+        in notes
     )
     with pytest.raises(BenchError, match="nothing to compare"):
         report.render_comparison(comparison, "latex")
