@@ -427,3 +427,27 @@ def test_text_encoding_reaches_the_methods_and_their_result_config(
             ours, reference = prefix["metrics"][split][world], full["metrics"][split][world]
             for key in ("auc", "best_hm", "best_seen", "best_unseen", "closed_acc"):
                 assert ours[key] == pytest.approx(reference[key], abs=1e-5), (split, world, key)
+
+
+def test_a_method_on_image_tokens_runs_through_the_pipeline(tiny_root, tmp_path):
+    config = RunConfig(
+        methods=("clip", "dfsp"),
+        datasets=("synthetic-tiny",),
+        seeds=(0,),
+        backbone="tiny-random",
+        epochs=1,
+        data_root=tiny_root,
+        results_dir=tmp_path,
+        log_mlflow=False,
+    )
+    results = {o.cell.method: o.result for o in run_local(config)}
+    dfsp = results["dfsp"]
+    assert dfsp["status"] == "complete" and dfsp["fit"]["epochs_run"] == 1
+    assert len(dfsp["history"]) == 1 and np.isfinite(dfsp["history"][0]["val/cw/auc"])
+    for split in ("val", "test"):
+        for world in ("cw", "ow"):
+            assert 0.0 <= dfsp["metrics"][split][world]["auc"] <= 1.0
+    # the tokens were cached once for the run (fp16 arrays beside the pooled features)
+    arrays = sorted((tmp_path / "cache" / "features").rglob("*-tokens.npy"))
+    assert len(arrays) == 3 and np.load(arrays[0], mmap_mode="r").dtype == np.float16
+    assert run_local(RunConfig(**{**config.__dict__, "rerun": True}))[1].result["feature_cache_hit"]
