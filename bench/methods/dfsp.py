@@ -39,6 +39,7 @@ from bench.methods.clip_family import autocast_context, device_generator, normal
 from bench.methods.csp import CSP
 from bench.methods.scoring import as_pair_tensor, block_rows
 from bench.methods.training import shuffled_batches, train_pair_labels
+from bench.prefix_text import PromptRows
 
 #: Dropout of the official fusion module (after the context map and inside the MLPs).
 FUSION_DROPOUT = 0.3
@@ -191,6 +192,9 @@ class DFSP(CSP):
     name = "dfsp"
     needs = ("tokens",)
     augment_modes = ("none",)
+    #: The fusion reads every prompt position, so prompts always run through the full text
+    #: encoder; ``--text-encoding`` does not apply (nor enter DFSP's cell configuration).
+    encodes_prompts = False
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)
@@ -246,21 +250,26 @@ class DFSP(CSP):
             self.context.copy_(torch.as_tensor(state["context"]).to(self.context.device))
 
     # ------------------------------------------------------------------ text side
+    def _set_text_encoding(self, text_encoding: str, backbone: Any) -> None:
+        self.text_encoding = "full"
+
+    def _prompt_embeddings(
+        self, pairs: torch.Tensor, *inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CSP's prompts with the trained context at positions 1..3."""
+        tokens, embeddings = super()._prompt_embeddings(pairs, *inputs)
+        embeddings[:, 1 : 1 + N_CONTEXT, :] = self.context.to(embeddings.dtype)
+        return tokens, embeddings
+
+    def _prompt_rows(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> PromptRows:
+        raise BenchError("DFSP encodes whole prompts (its fusion reads every position)")
+
     def _pair_hidden(
         self, pairs: torch.Tensor, vocabulary: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, L, width) text-transformer outputs of the pairs' prompts, and their tokens."""
-        tokens, embeddings = self.template.batch(pairs.shape[0])
-        eot = self.template.eot
-        embeddings[:, 1 : 1 + N_CONTEXT, :] = self.context.to(embeddings.dtype)
-        embeddings[:, eot - 2, :] = vocabulary[pairs[:, 0]].to(embeddings.dtype)
-        embeddings[:, eot - 1, :] = vocabulary[pairs[:, 1] + len(self.attrs)].to(embeddings.dtype)
+        tokens, embeddings = self._prompt_embeddings(pairs, vocabulary)
         return self.backbone.encode_text_hidden(embeddings), tokens
-
-    def _encode_pairs(self, pairs: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
-        """Plain soft-prompt text features (no fusion) of ``pairs``."""
-        (vocabulary,) = inputs
-        return self.backbone.pool_text_tokens(*self._pair_hidden(pairs, vocabulary))
 
     def _texts(
         self, hidden: torch.Tensor, tokens: torch.Tensor
@@ -306,6 +315,7 @@ class DFSP(CSP):
         return shuffled_batches(generator, int(self.hparams["batch_size"]), rows, *self._labels)
 
     def start_epoch(self, epoch: int) -> None:
+        super().start_epoch(epoch)
         self.fusion.train()
 
     def finish_epoch(self, epoch: int) -> None:
