@@ -44,7 +44,6 @@ _GLOBAL_FIELDS = (
     "protocol",
     "backbone_identifier",
     "run_protocol",
-    "paper_deviations",
 )
 _LOCAL_FIELDS = ("hparams_hash", "dataset_fingerprint")
 _FIELD_LABELS = {
@@ -56,7 +55,6 @@ _FIELD_LABELS = {
     "protocol": "protocol {}",
     "backbone_identifier": "weights {}",
     "run_protocol": "{} protocol",
-    "paper_deviations": "differs: {}",
     "hparams_hash": "hparams {:.8}",
     "dataset_fingerprint": "data {:.8}",
 }

@@ -26,7 +26,6 @@ _FIELD_NAMES = {
     "hparams_hash": "hyperparameters (hash)",
     "dataset_fingerprint": "dataset version (fingerprint)",
     "run_protocol": "protocol (--protocol)",
-    "paper_deviations": "differences from the paper's protocol",
 }
 
 
