@@ -9,7 +9,10 @@ renderer (:func:`bench.data.synthetic.render`).
 The corpus never shows a pair that is an unseen val/test pair of a shipped synthetic
 benchmark (see :func:`excluded_pairs`), so zero-shot accuracy on those pairs measures
 compositional generalisation, as with a web-pretrained CLIP. Its images are fresh renders
-from their own random stream, not the benchmark's images.
+from their own random stream, not the benchmark's images. Some colour images also carry a
+pattern, captioned with both attributes ("a red striped star"), so the model learns second
+attributes; it never shows a higher-order triple of those benchmarks (see
+:func:`excluded_triples`), nor a pattern on an excluded pair's object.
 
 The result is cached in ``<cache_dir>/toy-clip-<hash>/`` (an open_clip ``local-dir``: config,
 safetensors weights, plus ``manifest.json`` with the hash of everything it was made from),
@@ -54,7 +57,7 @@ from bench.io import atomic_directory, atomic_write_json, sha256_file, sha256_js
 #: open_clip model name of the shipped config (``configs/toy-clip.json``).
 MODEL_NAME = "toy-clip"
 #: Bumped whenever the training code changes what a recipe produces.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 #: Environment variable naming the default cache folder.
 CACHE_ENV = "BENCH_TOY_CLIP_DIR"
 CONFIG_FILE = "open_clip_config.json"
@@ -82,6 +85,15 @@ PAIR_TEMPLATES: tuple[str, ...] = (
     "there is {a} {attr} {obj}",
     "{a} {attr} {obj} in the middle",
 )
+#: Captions of a colour with a pattern as second attribute, in the benchmark's prompt order.
+TRIPLE_TEMPLATES: tuple[str, ...] = (
+    "{a} {attr} {attr2} {obj}",
+    "{attr} {attr2} {obj}",
+    "a picture of {a} {attr} {attr2} {obj}",
+    "a drawing of {a} {attr} {attr2} {obj}",
+    "there is {a} {attr} {attr2} {obj}",
+    "{a} {attr} {attr2} {obj} on a plain background",
+)
 #: Captions naming only the attribute.
 ATTR_TEMPLATES: tuple[str, ...] = (
     "{a} {attr} shape",
@@ -98,6 +110,7 @@ OBJ_TEMPLATES: tuple[str, ...] = (
 )
 
 Pair = tuple[str, str]
+Triple = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,9 @@ class CorpusRecipe:
         pair_templates: Caption templates of a composition.
         attr_templates: Caption templates naming only the attribute.
         obj_templates: Caption templates naming only the object.
+        second_attr_rate: Chance that an image of a colour pair also carries a pattern
+            (captioned with ``triple_templates``), where that triple is not excluded.
+        triple_templates: Caption templates of a colour, a pattern and an object.
         render_stream: Second word of every render seed ``[seed, render_stream, step]``.
     """
 
@@ -123,6 +139,8 @@ class CorpusRecipe:
     pair_templates: tuple[str, ...] = PAIR_TEMPLATES
     attr_templates: tuple[str, ...] = ATTR_TEMPLATES
     obj_templates: tuple[str, ...] = OBJ_TEMPLATES
+    second_attr_rate: float = 0.25
+    triple_templates: tuple[str, ...] = TRIPLE_TEMPLATES
     render_stream: int = RENDER_STREAM
 
 
@@ -164,27 +182,65 @@ def model_config() -> dict[str, Any]:
     return json.loads((CONFIG_DIR / f"{MODEL_NAME}.json").read_text(encoding="utf-8"))
 
 
+def _excluded_plans(recipe: CorpusRecipe) -> list[Any]:
+    """Split plans of the cards in ``recipe.exclude_datasets`` (named-vocabulary ones)."""
+    from bench.data.registry import is_registered, synthetic_params
+    from bench.data.synthetic import get_preset, plan_synthetic
+
+    plans = []
+    for name in recipe.exclude_datasets:
+        if not is_registered(name):
+            continue
+        params = synthetic_params(name)
+        if get_preset(params["preset"]).vocabulary == "words":
+            plans.append(plan_synthetic(params["preset"], seed=params["seed"]))
+    return plans
+
+
 def excluded_pairs(recipe: CorpusRecipe | None = None) -> tuple[Pair, ...]:
     """Unseen val/test pairs of the benchmarks in ``recipe.exclude_datasets``, sorted.
 
     Read from each card's split plan for the card's generator parameters (preset, seed).
     Cards with generated names (``a017``) or missing cards are skipped.
     """
-    from bench.data.registry import is_registered, synthetic_params
-    from bench.data.synthetic import get_preset, plan_synthetic
-
-    recipe = recipe or CorpusRecipe()
     out: set[Pair] = set()
-    for name in recipe.exclude_datasets:
-        if not is_registered(name):
-            continue
-        params = synthetic_params(name)
-        if get_preset(params["preset"]).vocabulary != "words":
-            continue
-        plan = plan_synthetic(params["preset"], seed=params["seed"])
+    for plan in _excluded_plans(recipe or CorpusRecipe()):
         train = set(plan.train_pairs)
         out.update(p for p in (*plan.val_pairs, *plan.test_pairs) if p not in train)
     return tuple(sorted(out))
+
+
+def excluded_triples(recipe: CorpusRecipe | None = None) -> tuple[Triple, ...]:
+    """Higher-order test triples ``(attr, attr2, obj)`` of those benchmarks, sorted."""
+    out: set[Triple] = set()
+    for plan in _excluded_plans(recipe or CorpusRecipe()):
+        out.update(plan.higher_order_triples())
+    return tuple(sorted(out))
+
+
+def corpus_second_attrs(recipe: CorpusRecipe | None = None) -> dict[Pair, tuple[str, ...]]:
+    """Patterns the corpus may draw over each colour pair it shows.
+
+    A pattern is left out when the triple is excluded or when the pattern and the object
+    form an excluded pair (the image would show that composition too).
+    """
+    from bench.data.synthetic import COLOURS, PATTERNS
+
+    recipe = recipe or CorpusRecipe()
+    pairs = set(excluded_pairs(recipe))
+    triples = set(excluded_triples(recipe))
+    out: dict[Pair, tuple[str, ...]] = {}
+    for attr, obj in corpus_pairs(recipe):
+        if attr not in COLOURS:
+            continue
+        allowed = tuple(
+            pattern
+            for pattern in sorted(PATTERNS)
+            if (attr, pattern, obj) not in triples and (pattern, obj) not in pairs
+        )
+        if allowed:
+            out[(attr, obj)] = allowed
+    return out
 
 
 def corpus_pairs(recipe: CorpusRecipe | None = None) -> tuple[Pair, ...]:
@@ -210,6 +266,7 @@ def recipe_fingerprint(config: PretrainConfig) -> dict[str, Any]:
         "pretrain": asdict(config),
         "excluded_pairs": [list(p) for p in excluded_pairs(config.corpus)],
         "corpus_pairs": [list(p) for p in corpus_pairs(config.corpus)],
+        "excluded_triples": [list(t) for t in excluded_triples(config.corpus)],
         "generator_version": GENERATOR_VERSION,
         "recipe_version": RECIPE_VERSION,
     }
@@ -237,23 +294,43 @@ class Corpus:
         self.seed = seed
         self.transform = transform
         self.pairs = corpus_pairs(recipe)
+        self.second_attrs = corpus_second_attrs(recipe) if recipe.second_attr_rate > 0 else {}
         if not self.pairs:
             raise BenchError("toy-clip corpus is empty: every composition is excluded")
 
-    def caption(self, attr: str, obj: str, rng: np.random.Generator, kind: str = "pair") -> str:
-        """A caption of ``attr obj`` naming both (``pair``), the ``attr`` or the ``obj``."""
+    def caption(
+        self,
+        attr: str,
+        obj: str,
+        rng: np.random.Generator,
+        kind: str = "pair",
+        attr2: str | None = None,
+    ) -> str:
+        """A caption of ``attr obj`` naming both (``pair``), the ``attr`` or the ``obj``;
+        with ``attr2``, one naming ``attr attr2 obj``."""
         templates = {
             "pair": self.recipe.pair_templates,
             "attr": self.recipe.attr_templates,
             "obj": self.recipe.obj_templates,
         }[kind]
+        if attr2 is not None:
+            templates = self.recipe.triple_templates
         template = templates[int(rng.integers(len(templates)))]
-        return template.format(attr=attr, obj=obj, a=_article(attr), o=_article(obj))
+        return template.format(attr=attr, attr2=attr2, obj=obj, a=_article(attr), o=_article(obj))
 
-    def _render(self, pair: Pair, rng: np.random.Generator) -> torch.Tensor:
+    def _render(
+        self, pair: Pair, rng: np.random.Generator, attr2: str | None = None
+    ) -> torch.Tensor:
         from bench.data.synthetic import render
 
-        return self.transform(render(pair[0], pair[1], rng, self.recipe.image_size))
+        return self.transform(render(pair[0], pair[1], rng, self.recipe.image_size, attr2))
+
+    def _second_attr(self, pair: Pair, rng: np.random.Generator) -> str | None:
+        """A pattern for ``pair``'s image with chance ``second_attr_rate`` (None: plain)."""
+        allowed = self.second_attrs.get(pair)
+        if not allowed or rng.random() >= self.recipe.second_attr_rate:
+            return None
+        return allowed[int(rng.integers(len(allowed)))]
 
     def batch(self, step: int, size: int) -> tuple[torch.Tensor, list[str], list[Pair]]:
         """Images ``(size, 3, H, W)``, captions and compositions of batch ``step``."""
@@ -263,8 +340,12 @@ class Corpus:
             [rng.permutation(n) for _ in range(-(-size // n))]  # distinct within each n
         )[:size]
         pairs = [self.pairs[int(i)] for i in order]
-        images = [self._render(pair, rng) for pair in pairs]
-        captions = [self.caption(attr, obj, rng) for attr, obj in pairs]
+        second = [self._second_attr(pair, rng) for pair in pairs]
+        images = [self._render(pair, rng, attr2) for pair, attr2 in zip(pairs, second, strict=True)]
+        captions = [
+            self.caption(attr, obj, rng, attr2=attr2)
+            for (attr, obj), attr2 in zip(pairs, second, strict=True)
+        ]
         return torch.stack(images), captions, pairs
 
     def primitive_batches(self, step: int) -> list[tuple[torch.Tensor, list[str], list[Pair]]]:

@@ -104,7 +104,19 @@ def prepare(name: str, root: Path | None, seed: int | None, force: bool) -> None
 @_root_option
 @click.option("--force", is_flag=True, help="Download and extract again even if present.")
 def download(name: str, root: Path | None, force: bool) -> None:
-    """Download and extract real dataset NAME into the data root."""
+    """Download and extract real dataset NAME into the data root.
+
+    NAME may also be a dataset's higher-order annotations (``aao-mit-states``, after
+    ``mit-states``): they are fetched and converted to ``aao/annotations.csv``.
+    """
+    from bench.data.higher_order import higher_order_downloads
+
+    if name in higher_order_downloads():
+        from bench.data.download.higher_order import download_higher_order
+
+        path = download_higher_order(name, _root(root))
+        click.echo(f"{name} ready at {path}")
+        return
     from bench.data.download import download_dataset
 
     folder = download_dataset(name, _root(root), force=force)

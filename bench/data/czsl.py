@@ -184,8 +184,12 @@ class CZSLDataset:
         return self.pair_ids(self.train_pairs)
 
     def labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Attribute ids and object ids (int64) of ``split``'s samples, in sample order."""
-        self._check_split(split)
+        """Attribute ids and object ids (int64) of ``split``'s samples, in sample order.
+
+        ``split`` may also be an extra split of ``splits`` (e.g. annotated images).
+        """
+        if split not in self.splits:
+            self._check_split(split)
         samples = self.splits[split]
         a2i, o2i = self.attr_to_id, self.obj_to_id
         attr_ids = np.fromiter((a2i[s.attr] for s in samples), dtype=np.int64, count=len(samples))

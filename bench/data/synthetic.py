@@ -10,6 +10,10 @@ Presets ``synthetic-mit-states``, ``synthetic-ut-zappos`` and ``synthetic-cgqa``
 exact counts (attributes, objects, pairs and images per split) of the real datasets with
 generated names (``a017``, ``o123``) and tiny images, for testing at full scale.
 
+Presets ``synthetic`` and ``synthetic-flat`` also have higher-order compositions: some test
+images of colour pairs carry a pattern too ("red striped circle"), listed in
+``aao/annotations.csv`` (see :mod:`bench.data.higher_order`).
+
 Planning (:func:`plan_synthetic`) is separate from rendering, so the split logic can be
 checked without writing images. The same ``(preset, seed, layout, image_size)`` always
 gives byte-identical files.
@@ -24,7 +28,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
@@ -42,10 +46,11 @@ from bench.data.czsl import (
     metadata_file,
     pair_file,
 )
+from bench.data.higher_order import TripleSample, write_annotations
 from bench.errors import BenchError
 from bench.io import atomic_directory
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 LAYOUTS: tuple[str, ...] = ("pair-folders", "flat")
 
 #: Colour attributes and their RGB values.
@@ -105,6 +110,8 @@ class SyntheticPreset:
         ut_style: Metadata rows also carry an ``_image`` key, as UT-Zappos rows do.
         skipped_rows: Extra metadata rows per kind that the loader must skip (attr ``NA``,
             set ``NA``, pair outside the closed world).
+        aao_per_pattern: Test images of each colour test pair rendered with each pattern of
+            the vocabulary as a second attribute (``aao/annotations.csv``); 0: none.
     """
 
     name: str
@@ -123,6 +130,7 @@ class SyntheticPreset:
     vocabulary: str = "words"
     ut_style: bool = False
     skipped_rows: int = 2
+    aao_per_pattern: int = 0
 
 
 PRESETS: Mapping[str, SyntheticPreset] = MappingProxyType(
@@ -132,10 +140,12 @@ PRESETS: Mapping[str, SyntheticPreset] = MappingProxyType(
             SyntheticPreset(
                 "synthetic", 12, 10, 60, 12, 12, 12, 12,
                 train_images=60 * 24, val_images=24 * 8, test_images=24 * 8,
+                aao_per_pattern=2,
             ),
             SyntheticPreset(
                 "synthetic-flat", 12, 10, 60, 12, 12, 12, 12,
                 train_images=60 * 24, val_images=24 * 8, test_images=24 * 8, layout="flat",
+                aao_per_pattern=2,
             ),
             SyntheticPreset(
                 "synthetic-tiny", 6, 5, 12, 4, 4, 4, 4,
@@ -176,6 +186,8 @@ class SyntheticPlan:
         test_pairs: Test pair file, in file order.
         images: The pair of every image of each split (keys ``train``, ``val``, ``test``).
         skipped: ``(attr, obj, set)`` of extra metadata rows the loader must skip.
+        second_attrs: Index into ``images["test"]`` -> the pattern rendered on that image as
+            a second attribute (the higher-order annotations).
     """
 
     preset: SyntheticPreset
@@ -188,6 +200,7 @@ class SyntheticPlan:
     test_pairs: tuple[Pair, ...]
     images: Mapping[str, tuple[Pair, ...]]
     skipped: tuple[tuple[str, str, str], ...]
+    second_attrs: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def split_pairs(self, split: str) -> tuple[Pair, ...]:
         """The pair file of ``split``, in file order."""
@@ -221,6 +234,13 @@ class SyntheticPlan:
             test_pairs=self.test_pairs,
             splits=MappingProxyType(splits),
             fingerprint=fingerprint or f"{name}-plan-{self.seed}",
+        )
+
+    def higher_order_triples(self) -> tuple[tuple[str, str, str], ...]:
+        """The sorted distinct ``(attr, attr2, obj)`` triples of ``second_attrs``."""
+        test = self.images["test"]
+        return tuple(
+            sorted({(test[i][0], attr2, test[i][1]) for i, attr2 in self.second_attrs.items()})
         )
 
     def counts(self) -> dict[str, object]:
@@ -349,6 +369,7 @@ def plan_synthetic(
 
     return SyntheticPlan(
         preset=spec,
+        second_attrs=_plan_second_attrs(spec, seed, attrs, names(test_ids), images["test"]),
         seed=seed,
         layout=layout,
         attrs=attrs,
@@ -359,6 +380,36 @@ def plan_synthetic(
         images=MappingProxyType(images),
         skipped=tuple(skipped),
     )
+
+
+def _plan_second_attrs(
+    spec: SyntheticPreset,
+    seed: int,
+    attrs: tuple[str, ...],
+    test_pairs: tuple[Pair, ...],
+    test_images: tuple[Pair, ...],
+) -> Mapping[int, str]:
+    """Which test images of colour pairs get which pattern as a second attribute.
+
+    Drawn from a stream of its own, so the rest of the plan is that of a preset without
+    higher-order compositions.
+    """
+    patterns = [attr for attr in attrs if attr in PATTERNS]
+    if not spec.aao_per_pattern or spec.vocabulary != "words" or not patterns:
+        return MappingProxyType({})
+    rng = np.random.default_rng([seed, 0xAA0])
+    by_pair: dict[Pair, list[int]] = {}
+    for index, pair in enumerate(test_images):
+        by_pair.setdefault(pair, []).append(index)
+    chosen: dict[int, str] = {}
+    need = spec.aao_per_pattern * len(patterns)
+    for pair in test_pairs:
+        indices = by_pair.get(pair, [])
+        if pair[0] not in COLOURS or len(indices) < need:
+            continue
+        for k, index in enumerate(rng.choice(indices, need, replace=False)):
+            chosen[int(index)] = patterns[k % len(patterns)]
+    return MappingProxyType(dict(sorted(chosen.items())))
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -453,12 +504,33 @@ def _grid(canvas: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _fill(attr: str, rng: np.random.Generator, canvas: int) -> Image.Image:
-    """The RGB fill of attribute ``attr`` on a ``canvas`` square: a colour or a pattern."""
+def _fill(
+    attr: str, rng: np.random.Generator, canvas: int, pattern: str | None = None
+) -> Image.Image:
+    """The RGB fill of attribute ``attr`` on a ``canvas`` square: a colour or a pattern.
+
+    With ``pattern``, a colour is overlaid with that pattern in a contrasting grey.
+    """
     if attr in COLOURS:
-        return Image.new("RGB", (canvas, canvas), _jitter(COLOURS[attr], rng))
+        rgb = _jitter(COLOURS[attr], rng)
+        if pattern is None:
+            return Image.new("RGB", (canvas, canvas), rgb)
+        luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+        grey = 45 if luminance > 140 else 210
+        on = _pattern_mask(pattern, rng, canvas)
+        fill = np.where(on[..., None], np.uint8(grey), np.asarray(rgb, dtype=np.uint8))
+        return Image.fromarray(fill, "RGB")
+    if pattern is not None:
+        raise ValueError(f"a second attribute needs a colour attribute, got {attr!r}")
     dark = int(round(40.0 + rng.uniform(-10, 10)))
     light = int(round(215.0 + rng.uniform(-10, 10)))
+    on = _pattern_mask(attr, rng, canvas)
+    grey = np.where(on, np.uint8(dark), np.uint8(light))
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def _pattern_mask(attr: str, rng: np.random.Generator, canvas: int) -> np.ndarray:
+    """Boolean ``(canvas, canvas)`` mask of pattern ``attr`` (its "ink")."""
     yy, xx = _grid(canvas)
     if attr == "striped":
         angle = rng.uniform(0, math.pi)
@@ -472,8 +544,7 @@ def _fill(attr: str, rng: np.random.Generator, canvas: int) -> Image.Image:
         on = u * u + v * v < (0.3 * spacing) ** 2
     else:
         raise ValueError(f"unknown synthetic attribute {attr!r}; known: {SYNTHETIC_ATTRS}")
-    grey = np.where(on, np.uint8(dark), np.uint8(light))
-    return Image.fromarray(grey, "L").convert("RGB")
+    return on
 
 
 def _compose(
@@ -488,7 +559,9 @@ def _compose(
     return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), "RGB")
 
 
-def render(attr: str, obj: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
+def render(
+    attr: str, obj: str, rng: np.random.Generator, size: int = 48, attr2: str | None = None
+) -> Image.Image:
     """Render one RGB image of ``attr obj`` (e.g. ``"striped"``, ``"star"``).
 
     Position, size, rotation, colour shade, pattern phase, background and pixel noise are
@@ -499,14 +572,17 @@ def render(attr: str, obj: str, rng: np.random.Generator, size: int = 48) -> Ima
         obj: One of ``SYNTHETIC_OBJS``.
         rng: Source of the random jitter.
         size: Side of the square output image in pixels.
+        attr2: A pattern of ``PATTERNS`` drawn over a colour ``attr`` ("red striped star").
     """
+    if attr2 is not None and (attr not in COLOURS or attr2 not in PATTERNS):
+        raise ValueError(f"second attribute {attr2!r} needs a colour and a pattern, got {attr!r}")
     if attr not in SYNTHETIC_ATTRS:
         raise ValueError(f"unknown synthetic attribute {attr!r}; known: {SYNTHETIC_ATTRS}")
     if obj not in SYNTHETIC_OBJS:
         raise ValueError(f"unknown synthetic object {obj!r}; known: {SYNTHETIC_OBJS}")
     canvas = size * _SUPERSAMPLE
     mask, _ = _shape_mask(obj, rng, canvas)
-    return _compose(_fill(attr, rng, canvas), mask, rng, size)
+    return _compose(_fill(attr, rng, canvas, attr2), mask, rng, size)
 
 
 def _render_generated(attr: str, obj: str, rng: np.random.Generator, size: int) -> Image.Image:
@@ -581,6 +657,8 @@ def write_plan(
         (attr, obj, split) for split in DATA_SPLITS for attr, obj in plan.images[split]
     ]
     jobs += list(plan.skipped)
+    first_test = len(plan.images["train"]) + len(plan.images["val"])
+    second_attrs = {first_test + i: attr2 for i, attr2 in plan.second_attrs.items()}
     rows: list[dict[str, str]] = []
     for index, (attr, obj, split) in enumerate(jobs):
         row = {
@@ -600,7 +678,12 @@ def write_plan(
         rng = np.random.default_rng([plan.seed, 0x1A6E, index])
         if attr == "NA":  # an image with no attribute label: render any attribute
             attr = plan.attrs[int(rng.integers(len(plan.attrs)))]
-        draw(attr, obj, rng, size).save(images_dir / rows[index]["image"], format="PNG")
+        image = (
+            render(attr, obj, rng, size, second_attrs[index])
+            if index in second_attrs
+            else (draw(attr, obj, rng, size))
+        )
+        image.save(images_dir / rows[index]["image"], format="PNG")
 
     # Every image has its own seed, so threads (file creation dominates) keep it deterministic.
     with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
@@ -612,6 +695,14 @@ def write_plan(
         text = "".join(f"{a} {o}\n" for a, o in plan.split_pairs(split))
         pair_file(out_dir, split).write_text(text, encoding="utf-8")
     torch.save(rows, metadata_file(out_dir))
+    if second_attrs:
+        write_annotations(
+            out_dir,
+            (
+                TripleSample(rows[i]["image"], jobs[i][0], attr2, jobs[i][1])
+                for i, attr2 in sorted(second_attrs.items())
+            ),
+        )
     (out_dir / GENERATOR_FILE).write_text(
         json.dumps(generator_params(plan, size), indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 TEXT_BATCH_SIZE = 1024
 #: The prompt template of CSP and CoOp: the two ``x`` are replaced by attribute and object.
 SOFT_TEMPLATE = "a photo of x x"
+#: Their higher-order template: attribute, second attribute and object.
+SOFT_TRIPLE_TEMPLATE = "a photo of x x x"
 #: Above this many prompt tokens per step, training encodes the training pairs' prompts in
 #: chunks under activation checkpointing (e.g. C-GQA's 5,592 pairs at 77 tokens); with
 #: prefix encoding, above this many prefix-tree nodes it checkpoints each layer instead.
@@ -154,6 +156,15 @@ class PromptTemplate:
         """Token ids (n, L) and a writable copy of the embeddings (n, L, width)."""
         return self.tokens.expand(n, -1), self.embeddings.expand(n, -1, -1).clone()
 
+    def with_slots(self, rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and embeddings with ``rows[k]`` (each (n, width)) at the ``len(rows)``
+        positions just before end-of-text, in order (the template's ``x`` words)."""
+        tokens, embeddings = self.batch(rows[0].shape[0])
+        start = self.eot - len(rows)
+        for k, row in enumerate(rows):
+            embeddings[:, start + k, :] = row.to(embeddings.dtype)
+        return tokens, embeddings
+
 
 def _truncation_is_exact(backbone: Backbone, full: PromptTemplate, short: PromptTemplate) -> bool:
     """Whether the backbone encodes the truncated template to the same feature."""
@@ -238,6 +249,36 @@ class TrainingBatches:
 
 
 # --------------------------------------------------------------------------- method bases
+
+
+class TriplePrompts(abc.ABC):
+    """Mixin of CLIP-family methods that also prompt ``(attr, attr2, obj)`` triples.
+
+    Gives the optional ``score_triples`` interface of the higher-order evaluation
+    (``bench.evaluation.higher_order``); methods without it are skipped there.
+    """
+
+    @abc.abstractmethod
+    def _triple_text_features(self, triples: torch.Tensor) -> torch.Tensor:
+        """(T, D) text features (not normalised) of (attr, attr2, obj) id triples."""
+
+    def score_triples(self, image_features: torch.Tensor, triples: np.ndarray) -> np.ndarray:
+        """``logit_scale * cosine`` float32 scores (N, T) of images against triple prompts.
+
+        Args:
+            image_features: (N, D) image features.
+            triples: (T, 3) int array of (attr_id, attr2_id, obj_id), attribute ids of the
+                dataset's vocabulary for both attributes.
+        """
+        backbone = self._require_setup()  # type: ignore[attr-defined]
+        ids = torch.as_tensor(np.asarray(triples, dtype=np.int64), device=backbone.device)
+        with torch.no_grad(), autocast_context(backbone):
+            text = torch.cat(
+                [normalize(self._triple_text_features(part)) for part in ids.split(TEXT_BATCH_SIZE)]
+            )
+        features = torch.as_tensor(image_features)
+        blocks = score_blocks(features, text, float(backbone.logit_scale), 1024)
+        return np.concatenate(list(blocks)) if features.shape[0] else np.zeros((0, len(ids)))
 
 
 class ClipFamilyMethod(Method):

@@ -4,6 +4,8 @@ Three learnable context vectors, initialised from the token embeddings of "a pho
 replace the template's first three words; the attribute and object words are frozen
 vectors (the mean token embedding of each name) at the two positions before end-of-text,
 in the tokenised template "a photo of x x". Only the (3, width) context trains.
+Higher-order triples use "a photo of x x x" with the learned context and the frozen vectors
+of attribute, second attribute and object at the three tokens before end-of-text.
 """
 
 from __future__ import annotations
@@ -15,13 +17,19 @@ import torch
 
 from bench.errors import BenchError
 from bench.methods.base import FitContext
-from bench.methods.clip_family import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod
+from bench.methods.clip_family import (
+    SOFT_TEMPLATE,
+    SOFT_TRIPLE_TEMPLATE,
+    PromptTemplate,
+    SoftPromptMethod,
+    TriplePrompts,
+)
 from bench.prefix_text import PromptRows, Slot, fill_template
 
 CONTEXT_INIT = "a photo of"
 
 
-class CoOp(SoftPromptMethod):
+class CoOp(TriplePrompts, SoftPromptMethod):
     """Learned prompt context shared by all pairs; attribute/object words stay frozen.
 
     Hyperparameters (see methods/coop.toml): ``epochs``, ``lr``, ``weight_decay``,
@@ -32,16 +40,9 @@ class CoOp(SoftPromptMethod):
 
     def _setup(self, ctx: FitContext) -> None:
         backbone, dataset = self.backbone, self.dataset
-        self.template = PromptTemplate.build(
-            backbone, SOFT_TEMPLATE, int(self.hparams.get("context_length", 0) or 0)
-        )
+        self.template = self._aligned_template(SOFT_TEMPLATE, 2)
+        self.triple_template: PromptTemplate | None = None
         init_tokens = backbone.tokenizer([CONTEXT_INIT]).to(backbone.device)
-        self.n_ctx = int(init_tokens[0].argmax()) - 1
-        template_tokens = self.template.tokens[0]
-        if self.template.eot != self.n_ctx + 3 or not torch.equal(
-            template_tokens[1 : 1 + self.n_ctx], init_tokens[0, 1 : 1 + self.n_ctx]
-        ):
-            raise BenchError(f"cannot align context {CONTEXT_INIT!r} with {SOFT_TEMPLATE!r}")
         with torch.no_grad():
             context = backbone.token_embeddings(init_tokens)[0, 1 : 1 + self.n_ctx].float()
             self.attr_vectors = torch.stack(
@@ -51,6 +52,21 @@ class CoOp(SoftPromptMethod):
                 [backbone.name_embedding(o, self.name_cleaning).float() for o in dataset.objs]
             ).to(backbone.device)
         self.context = torch.nn.Parameter(context.clone().to(backbone.device))
+
+    def _aligned_template(self, text: str, n_names: int) -> PromptTemplate:
+        """``text`` tokenised, checked to be the context words followed by ``n_names``
+        name slots (sets ``n_ctx``)."""
+        backbone = self.backbone
+        template = PromptTemplate.build(
+            backbone, text, int(self.hparams.get("context_length", 0) or 0)
+        )
+        init_tokens = backbone.tokenizer([CONTEXT_INIT]).to(backbone.device)
+        self.n_ctx = int(init_tokens[0].argmax()) - 1
+        if template.eot != self.n_ctx + 1 + n_names or not torch.equal(
+            template.tokens[0, 1 : 1 + self.n_ctx], init_tokens[0, 1 : 1 + self.n_ctx]
+        ):
+            raise BenchError(f"cannot align context {CONTEXT_INIT!r} with {text!r}")
+        return template
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [self.context]
@@ -80,6 +96,18 @@ class CoOp(SoftPromptMethod):
             Slot((eot - 1,), self.obj_vectors, pairs[:, 1]),
         ]
         return fill_template(self.template.tokens, self.template.embeddings, slots)
+
+    def _triple_text_features(self, triples: torch.Tensor) -> torch.Tensor:
+        if self.triple_template is None:
+            self.triple_template = self._aligned_template(SOFT_TRIPLE_TEMPLATE, 3)
+        rows = [
+            self.attr_vectors[triples[:, 0]],
+            self.attr_vectors[triples[:, 1]],
+            self.obj_vectors[triples[:, 2]],
+        ]
+        tokens, embeddings = self.triple_template.with_slots(rows)
+        embeddings[:, 1 : 1 + self.n_ctx, :] = self.context.to(embeddings.dtype)
+        return self.backbone.encode_text_embeddings(embeddings, tokens).float()
 
     def trainable_state(self) -> dict[str, Any]:
         """``{"context": (n_ctx, width) tensor}``."""

@@ -5,6 +5,8 @@ initialised to the mean token embedding of its name. A pair's prompt is the toke
 template "a photo of x x" with the attribute's row at the token two before end-of-text and
 the object's row just before it; the frozen text encoder's end-of-text feature is the pair's
 text feature. Dropout (``attr_dropout``) acts on the whole vocabulary matrix in training.
+Higher-order triples use "a photo of x x x" with the rows of attribute, second attribute
+and object at the three tokens before end-of-text, as the official ``aao`` script does.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ import torch
 
 from bench.errors import BenchError
 from bench.methods.base import FitContext
-from bench.methods.clip_family import SOFT_TEMPLATE, PromptTemplate, SoftPromptMethod, dropout
+from bench.methods.clip_family import (
+    SOFT_TEMPLATE,
+    SOFT_TRIPLE_TEMPLATE,
+    PromptTemplate,
+    SoftPromptMethod,
+    TriplePrompts,
+    dropout,
+)
 from bench.prefix_text import PromptRows, Slot, fill_template
 
 
-class CSP(SoftPromptMethod):
+class CSP(TriplePrompts, SoftPromptMethod):
     """Compositional soft prompting: only the attribute/object vocabulary trains.
 
     Hyperparameters (see methods/csp.toml): ``epochs``, ``lr``, ``weight_decay``,
@@ -44,6 +53,7 @@ class CSP(SoftPromptMethod):
                 for name in self.attrs + self.objs
             ]
         self.vocabulary = torch.nn.Parameter(torch.stack(rows).to(backbone.device))
+        self.triple_template: PromptTemplate | None = None
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [self.vocabulary]
@@ -73,6 +83,21 @@ class CSP(SoftPromptMethod):
             Slot((eot - 1,), vocabulary, pairs[:, 1] + len(self.attrs)),
         ]
         return fill_template(self.template.tokens, self.template.embeddings, slots)
+
+    def _triple_text_features(self, triples: torch.Tensor) -> torch.Tensor:
+        if self.triple_template is None:
+            context_length = int(self.hparams.get("context_length", 0) or 0)
+            self.triple_template = PromptTemplate.build(
+                self.backbone, SOFT_TRIPLE_TEMPLATE, context_length
+            )
+        vocabulary = self.vocabulary
+        rows = [
+            vocabulary[triples[:, 0]],
+            vocabulary[triples[:, 1]],
+            vocabulary[triples[:, 2] + len(self.attrs)],
+        ]
+        tokens, embeddings = self.triple_template.with_slots(rows)
+        return self.backbone.encode_text_embeddings(embeddings, tokens).float()
 
     def trainable_state(self) -> dict[str, Any]:
         """``{"vocabulary": (n_attr + n_obj, width) tensor, "attrs": [...], "objs": [...]}``."""

@@ -20,7 +20,7 @@ from rich.console import Console
 from bench.backbones import load_backbone, parse_backbone
 from bench.backbones import toy_clip as tc
 from bench.cli import cli
-from bench.data.synthetic import SYNTHETIC_ATTRS, SYNTHETIC_OBJS, plan_synthetic
+from bench.data.synthetic import PATTERNS, SYNTHETIC_ATTRS, SYNTHETIC_OBJS, plan_synthetic
 from bench.errors import BenchError
 from bench.executors.local import run_local
 from bench.pipeline.config import RunConfig
@@ -96,6 +96,36 @@ def test_corpus_batches_are_deterministic_and_varied() -> None:
     assert len({c.replace(a, "A").replace(o, "O") for (a, o), c in zip(pairs, captions)}) > 5
     # the benchmark's prompt wording is never a caption (as for a web-pretrained CLIP)
     assert not any(c.startswith("a photo of") for c in captions)
+
+
+def test_corpus_never_shows_the_benchmarks_higher_order_triples() -> None:
+    plan = plan_synthetic("synthetic", seed=0)
+    triples = set(plan.higher_order_triples())
+    assert triples and triples <= set(tc.excluded_triples())
+    excluded_pairs = set(tc.excluded_pairs())
+    allowed = tc.corpus_second_attrs()
+    shown = {(a, p, o) for (a, o), patterns in allowed.items() for p in patterns}
+    assert shown, "the corpus teaches second attributes"
+    assert not shown & triples
+    assert all((p, o) not in excluded_pairs for _, p, o in shown)
+    assert {p for _, p, _ in shown} == set(PATTERNS)
+    assert {o for _, _, o in triples} <= {o for _, _, o in shown}
+    corpus = tc.Corpus(tc.CorpusRecipe(), seed=0, transform=lambda image: torch.zeros(1))
+    rng = np.random.default_rng(0)
+    seen_triples = 0
+    for step in range(5):
+        _, captions, pairs = corpus.batch(step, 40)
+        for (attr, obj), caption in zip(pairs, captions, strict=True):
+            words = caption.split()
+            named = [p for p in PATTERNS if p in words and p != attr]
+            if named:
+                seen_triples += 1
+                assert named[0] in allowed[(attr, obj)]
+                assert words.index(attr) < words.index(named[0]) < words.index(obj)
+    assert seen_triples > 0
+    for _ in range(20):  # the benchmark's word order, never its "a photo of" wording
+        caption = corpus.caption("red", "star", rng, attr2="striped")
+        assert "red striped star" in caption and not caption.startswith("a photo of")
 
 
 def test_primitive_groups_name_one_word_each() -> None:

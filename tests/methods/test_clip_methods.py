@@ -578,3 +578,73 @@ def test_unknown_or_unsupported_text_encoding_is_refused() -> None:
     )
     with pytest.raises(BenchError, match="causal.*run with --text-encoding full"):
         make_method("clip").prepare(ctx)
+
+
+# ----------------------------------------------------------------------------- triple prompts
+TRIPLES = np.array([[2, 0, 1], [1, 2, 0]])  # (red, blue, cat), (green, red, car)
+
+
+def _prompted(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """A fitted (0 epochs) ``name`` with random trainable tensors, and the prompt embeddings
+    and tokens it scores TRIPLES with."""
+    method = make_method(name, epochs=0)
+    method.fit(make_ctx(make_dataset(), method.hparams))
+    with torch.no_grad():
+        for param in method.trainable_parameters():
+            param.normal_(generator=torch.Generator().manual_seed(1))
+    cls = type(backbone())  # the backbone is frozen: spy on its class
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    encode = cls.encode_text_embeddings
+
+    def spy(self: Any, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        calls.append((embeddings.detach().clone(), tokens.clone()))
+        return encode(self, embeddings, tokens)
+
+    monkeypatch.setattr(cls, "encode_text_embeddings", spy)
+    feats = make_features(make_dataset(), "test").features
+    scores = method.score_triples(feats, TRIPLES)
+    assert scores.shape == (feats.shape[0], len(TRIPLES)) and np.isfinite(scores).all()
+    embeddings, tokens = calls[-1]  # building the template may encode it first (truncation)
+    return method, embeddings, tokens
+
+
+def test_csp_triples_put_the_learned_rows_before_eot(monkeypatch: pytest.MonkeyPatch) -> None:
+    method, embeddings, tokens = _prompted("csp", monkeypatch)
+    template = method.triple_template
+    eot = template.eot
+    assert tokens[0].tolist() == template.tokens[0].tolist()
+    assert eot == int(backbone().tokenizer(["a photo of x x x"])[0].argmax())
+    vocab, n_attrs = method.vocabulary.detach(), len(ATTRS)
+    for row, (a, b, o) in enumerate(TRIPLES):
+        assert torch.equal(embeddings[row, eot - 3], vocab[a])
+        assert torch.equal(embeddings[row, eot - 2], vocab[b])
+        assert torch.equal(embeddings[row, eot - 1], vocab[o + n_attrs])
+        keep = [i for i in range(embeddings.shape[1]) if i not in (eot - 3, eot - 2, eot - 1)]
+        assert torch.equal(embeddings[row, keep], template.embeddings[0, keep])
+
+
+def test_coop_triples_keep_the_context_and_frozen_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    method, embeddings, _ = _prompted("coop", monkeypatch)
+    eot, n_ctx = method.triple_template.eot, method.n_ctx
+    assert eot == n_ctx + 4
+    for row, (a, b, o) in enumerate(TRIPLES):
+        assert torch.equal(embeddings[row, 1 : 1 + n_ctx], method.context.detach())
+        assert torch.equal(embeddings[row, eot - 3], method.attr_vectors[a])
+        assert torch.equal(embeddings[row, eot - 2], method.attr_vectors[b])
+        assert torch.equal(embeddings[row, eot - 1], method.obj_vectors[o])
+
+
+def test_clip_triples_are_hand_written_prompts() -> None:
+    dataset = make_dataset()
+    method = make_method("clip")
+    method.fit(make_ctx(dataset, method.hparams))
+    assert method.triple_prompts(torch.as_tensor(TRIPLES)) == [
+        "a photo of red blue cat",
+        "a photo of green red car",
+    ]
+    bb = backbone()
+    feats = make_features(dataset, "test").features
+    text = torch.nn.functional.normalize(bb.encode_text(method.triple_prompts(TRIPLES)), dim=-1)
+    image = torch.nn.functional.normalize(feats.float(), dim=-1)
+    expected = (float(bb.logit_scale) * image @ text.float().t()).numpy()
+    np.testing.assert_allclose(method.score_triples(feats, TRIPLES), expected, atol=1e-4)
