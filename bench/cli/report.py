@@ -150,8 +150,13 @@ def report(
         text = lib.render_comparison(comparison, fmt) if fmt else None
         tables = lib.render_comparison_rich(comparison) if fmt is None else []
     else:
-        text = lib.render(summary, fmt) if fmt else None
-        tables = lib.render_rich(summary) if fmt is None else []
+        higher_order = (
+            lib.aggregate_higher_order(records, dataset_list, method_list)
+            if split == "test"
+            else None
+        )
+        text = lib.render(summary, fmt, higher_order) if fmt else None
+        tables = lib.render_rich(summary, higher_order) if fmt is None else []
 
     if output is not None and text is not None:
         atomic_write_text(output, text)

@@ -10,9 +10,10 @@ Presets ``synthetic-mit-states``, ``synthetic-ut-zappos`` and ``synthetic-cgqa``
 exact counts (attributes, objects, pairs and images per split) of the real datasets with
 generated names (``a017``, ``o123``) and tiny images, for testing at full scale.
 
-Presets ``synthetic`` and ``synthetic-flat`` also have higher-order compositions: some test
-images of colour pairs carry a pattern too ("red striped circle"), listed in
-``aao/annotations.csv`` (see :mod:`bench.data.higher_order`).
+Presets ``synthetic`` and ``synthetic-flat`` also have higher-order compositions: extra
+images (``images/aao/``, in no split) of each colour test pair with a pattern drawn over the
+colour ("red striped circle"), listed in ``aao/annotations.csv`` (see
+:mod:`bench.data.higher_order`). The split images are those of a preset without them.
 
 Planning (:func:`plan_synthetic`) is separate from rendering, so the split logic can be
 checked without writing images. The same ``(preset, seed, layout, image_size)`` always
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 import colorsys
 import functools
+import itertools
 import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -51,6 +53,9 @@ from bench.errors import BenchError
 from bench.io import atomic_directory
 
 GENERATOR_VERSION = 2
+#: Folder of the higher-order images under ``images/``, and their render stream.
+HIGHER_ORDER_DIR = "aao"
+HIGHER_ORDER_STREAM = 0xAA0
 LAYOUTS: tuple[str, ...] = ("pair-folders", "flat")
 
 #: Colour attributes and their RGB values.
@@ -110,8 +115,8 @@ class SyntheticPreset:
         ut_style: Metadata rows also carry an ``_image`` key, as UT-Zappos rows do.
         skipped_rows: Extra metadata rows per kind that the loader must skip (attr ``NA``,
             set ``NA``, pair outside the closed world).
-        aao_per_pattern: Test images of each colour test pair rendered with each pattern of
-            the vocabulary as a second attribute (``aao/annotations.csv``); 0: none.
+        aao_per_pattern: Extra images of each colour test pair with each pattern of the
+            vocabulary as a second attribute (``aao/annotations.csv``, in no split); 0: none.
     """
 
     name: str
@@ -186,8 +191,7 @@ class SyntheticPlan:
         test_pairs: Test pair file, in file order.
         images: The pair of every image of each split (keys ``train``, ``val``, ``test``).
         skipped: ``(attr, obj, set)`` of extra metadata rows the loader must skip.
-        second_attrs: Index into ``images["test"]`` -> the pattern rendered on that image as
-            a second attribute (the higher-order annotations).
+        higher_order: ``(attr, attr2, obj)`` of each extra higher-order image, in order.
     """
 
     preset: SyntheticPreset
@@ -200,7 +204,7 @@ class SyntheticPlan:
     test_pairs: tuple[Pair, ...]
     images: Mapping[str, tuple[Pair, ...]]
     skipped: tuple[tuple[str, str, str], ...]
-    second_attrs: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    higher_order: tuple[tuple[str, str, str], ...] = ()
 
     def split_pairs(self, split: str) -> tuple[Pair, ...]:
         """The pair file of ``split``, in file order."""
@@ -237,11 +241,8 @@ class SyntheticPlan:
         )
 
     def higher_order_triples(self) -> tuple[tuple[str, str, str], ...]:
-        """The sorted distinct ``(attr, attr2, obj)`` triples of ``second_attrs``."""
-        test = self.images["test"]
-        return tuple(
-            sorted({(test[i][0], attr2, test[i][1]) for i, attr2 in self.second_attrs.items()})
-        )
+        """The sorted distinct ``(attr, attr2, obj)`` triples of the higher-order images."""
+        return tuple(sorted(set(self.higher_order)))
 
     def counts(self) -> dict[str, object]:
         """The counts the loaded dataset will have, in ``bench.data.czsl.describe``'s shape."""
@@ -369,7 +370,7 @@ def plan_synthetic(
 
     return SyntheticPlan(
         preset=spec,
-        second_attrs=_plan_second_attrs(spec, seed, attrs, names(test_ids), images["test"]),
+        higher_order=_plan_higher_order(spec, attrs, names(test_ids)),
         seed=seed,
         layout=layout,
         attrs=attrs,
@@ -382,34 +383,20 @@ def plan_synthetic(
     )
 
 
-def _plan_second_attrs(
-    spec: SyntheticPreset,
-    seed: int,
-    attrs: tuple[str, ...],
-    test_pairs: tuple[Pair, ...],
-    test_images: tuple[Pair, ...],
-) -> Mapping[int, str]:
-    """Which test images of colour pairs get which pattern as a second attribute.
-
-    Drawn from a stream of its own, so the rest of the plan is that of a preset without
-    higher-order compositions.
-    """
+def _plan_higher_order(
+    spec: SyntheticPreset, attrs: tuple[str, ...], test_pairs: tuple[Pair, ...]
+) -> tuple[tuple[str, str, str], ...]:
+    """``aao_per_pattern`` images of every colour test pair with every pattern, sorted."""
     patterns = [attr for attr in attrs if attr in PATTERNS]
-    if not spec.aao_per_pattern or spec.vocabulary != "words" or not patterns:
-        return MappingProxyType({})
-    rng = np.random.default_rng([seed, 0xAA0])
-    by_pair: dict[Pair, list[int]] = {}
-    for index, pair in enumerate(test_images):
-        by_pair.setdefault(pair, []).append(index)
-    chosen: dict[int, str] = {}
-    need = spec.aao_per_pattern * len(patterns)
-    for pair in test_pairs:
-        indices = by_pair.get(pair, [])
-        if pair[0] not in COLOURS or len(indices) < need:
-            continue
-        for k, index in enumerate(rng.choice(indices, need, replace=False)):
-            chosen[int(index)] = patterns[k % len(patterns)]
-    return MappingProxyType(dict(sorted(chosen.items())))
+    if not spec.aao_per_pattern or spec.vocabulary != "words":
+        return ()
+    return tuple(
+        (attr, pattern, obj)
+        for attr, obj in sorted(set(test_pairs))
+        if attr in COLOURS
+        for pattern in patterns
+        for _ in range(spec.aao_per_pattern)
+    )
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -657,8 +644,6 @@ def write_plan(
         (attr, obj, split) for split in DATA_SPLITS for attr, obj in plan.images[split]
     ]
     jobs += list(plan.skipped)
-    first_test = len(plan.images["train"]) + len(plan.images["val"])
-    second_attrs = {first_test + i: attr2 for i, attr2 in plan.second_attrs.items()}
     rows: list[dict[str, str]] = []
     for index, (attr, obj, split) in enumerate(jobs):
         row = {
@@ -678,16 +663,27 @@ def write_plan(
         rng = np.random.default_rng([plan.seed, 0x1A6E, index])
         if attr == "NA":  # an image with no attribute label: render any attribute
             attr = plan.attrs[int(rng.integers(len(plan.attrs)))]
-        image = (
-            render(attr, obj, rng, size, second_attrs[index])
-            if index in second_attrs
-            else (draw(attr, obj, rng, size))
-        )
-        image.save(images_dir / rows[index]["image"], format="PNG")
+        draw(attr, obj, rng, size).save(images_dir / rows[index]["image"], format="PNG")
+
+    higher_order = [
+        TripleSample(f"{HIGHER_ORDER_DIR}/{index:06d}.png", attr, attr2, obj)
+        for index, (attr, attr2, obj) in enumerate(plan.higher_order)
+    ]
+    if higher_order:
+        (images_dir / HIGHER_ORDER_DIR).mkdir(exist_ok=True)
+
+    def write_higher_order(index: int) -> None:
+        sample = higher_order[index]
+        rng = np.random.default_rng([plan.seed, HIGHER_ORDER_STREAM, index])
+        image = render(sample.attr, sample.obj, rng, size, sample.attr2)
+        image.save(images_dir / sample.image, format="PNG")
 
     # Every image has its own seed, so threads (file creation dominates) keep it deterministic.
     with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
-        for _ in pool.map(write_image, range(len(jobs)), chunksize=64):
+        for _ in itertools.chain(
+            pool.map(write_image, range(len(jobs)), chunksize=64),
+            pool.map(write_higher_order, range(len(higher_order)), chunksize=64),
+        ):
             if on_image is not None:
                 on_image()
 
@@ -695,14 +691,8 @@ def write_plan(
         text = "".join(f"{a} {o}\n" for a, o in plan.split_pairs(split))
         pair_file(out_dir, split).write_text(text, encoding="utf-8")
     torch.save(rows, metadata_file(out_dir))
-    if second_attrs:
-        write_annotations(
-            out_dir,
-            (
-                TripleSample(rows[i]["image"], jobs[i][0], attr2, jobs[i][1])
-                for i, attr2 in sorted(second_attrs.items())
-            ),
-        )
+    if higher_order:
+        write_annotations(out_dir, higher_order)
     (out_dir / GENERATOR_FILE).write_text(
         json.dumps(generator_params(plan, size), indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
@@ -740,7 +730,7 @@ def generate_synthetic(
     plan = plan_synthetic(preset, seed=seed, layout=layout)
     if out_dir.exists() and not force:
         raise BenchError(f"{out_dir} already exists; remove it or regenerate with force (--force)")
-    total = sum(len(v) for v in plan.images.values()) + len(plan.skipped)
+    total = sum(len(v) for v in plan.images.values()) + len(plan.skipped) + len(plan.higher_order)
     try:
         with atomic_directory(
             out_dir,

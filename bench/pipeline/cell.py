@@ -233,6 +233,7 @@ class CellRunner:
             ctx.word_vectors,
             protocol["feasibility"]["filter"] or "off",
         )
+        higher_order = self._higher_order(method, ctx, cell.label)
         eval_seconds = time.perf_counter() - eval_start
         write_artifacts(path, cell, metrics, method.trainable_state())
 
@@ -247,6 +248,7 @@ class CellRunner:
             "config": config,
             "metrics": metrics,
             "feasibility": feasibility,
+            **({"higher_order": higher_order} if higher_order is not None else {}),
             "history": history,
             "fit": _jsonable(fit_log),
             "timings": {
@@ -277,6 +279,30 @@ class CellRunner:
         if protocol["augment"] != "paper" or not getattr(method, "trains_on_views", False):
             return None
         return TrainViews(ctx.backbone, ctx.dataset, self.config.results_dir, seed)
+
+    def _higher_order(
+        self, method: Any, ctx: DatasetContext, label: str
+    ) -> dict[str, dict[str, Any]] | None:
+        """The result's ``higher_order`` block (None when the dataset has no annotations):
+        top-1 over the annotations' distinct triples, or why the method is skipped."""
+        from bench.evaluation.higher_order import (
+            NAME,
+            can_score_triples,
+            evaluate_triples,
+            skipped,
+        )
+
+        if ctx.annotations is None:
+            return None
+        if not can_score_triples(method):
+            entry = skipped(method.name)
+            self.events.note(f"{label}: {NAME} skipped ({entry['skipped']})")
+            return {NAME: entry}
+        dataset = ctx.dataset
+        features = ctx.annotation_features.features
+        return {
+            NAME: evaluate_triples(method, features, ctx.annotations, dataset.attrs, dataset.objs)
+        }
 
     def _apply_init_state(self, method: Any, fit_context: Any) -> None:
         """Load the ``--load-state`` state into ``method`` (one line naming the file if unfit)."""

@@ -23,7 +23,11 @@ from bench.protocol import OFFLINE_WORD_VECTORS, PAPER_WORD_VECTORS, Protocol, b
 class DatasetContext:
     """What every cell of one dataset shares: the dataset, backbone, cached features
     (pooled always; image tokens when a method of the run needs them), the protocol and the
-    open-world feasibility word vectors it asks for."""
+    open-world feasibility word vectors it asks for.
+
+    ``annotations`` are the dataset's higher-order annotations (None without the file) and
+    ``annotation_features`` their images' features.
+    """
 
     dataset: Any
     backbone: Any
@@ -33,6 +37,8 @@ class DatasetContext:
     protocol: Protocol
     word_vectors: Any = None
     tokens: dict[str, Any] = field(default_factory=dict)
+    annotations: tuple[Any, ...] | None = None
+    annotation_features: Any = None
 
 
 def random_weights_warning(backbone: Any) -> str:
@@ -67,11 +73,13 @@ def prepare_dataset(
             allows), for a caller that knows the features are already cached.
     """
     from bench.backbones import load_backbone
+    from bench.data.higher_order import SPLIT, load_annotations, with_annotation_split
     from bench.data.registry import open_dataset
     from bench.features import extract_features, extract_tokens
     from bench.methods import get_method_class
 
     dataset = open_dataset(spec, config.data_root, prepare=True)
+    annotations = load_annotations(dataset)
     backbone_spec = config.backbone_for(spec)
     results_dir = config.results_dir
     # toy-clip is built by the harness itself and cached with the other results.
@@ -112,6 +120,12 @@ def prepare_dataset(
                     split: extract_tokens(backbone, dataset, split, results_dir, console=console)
                     for split in DATA_SPLITS
                 }
+            annotation_features = None
+            if annotations is not None:
+                view = with_annotation_split(dataset, annotations)
+                annotation_features = extract_features(
+                    backbone, view, SPLIT, results_dir, console=console
+                )
         seconds = time.perf_counter() - start
     finally:
         lock.release()
@@ -127,7 +141,16 @@ def prepare_dataset(
     )
     protocol, word_vectors = feasibility_vectors(protocol, dataset, backbone, events)
     return DatasetContext(
-        dataset, backbone, features, seconds, cache_hit, protocol, word_vectors, tokens
+        dataset,
+        backbone,
+        features,
+        seconds,
+        cache_hit,
+        protocol,
+        word_vectors,
+        tokens,
+        annotations,
+        annotation_features,
     )
 
 

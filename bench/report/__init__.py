@@ -8,6 +8,7 @@ truth) or, through :mod:`bench.tracking`, the MLflow child runs. The flow, one m
   only within one :class:`Setting`);
 * :mod:`~bench.report.tables`: the format-independent table model and captions, rendered by
   :mod:`~bench.report.latex` and :mod:`~bench.report.render` (Markdown, CSV, rich);
+* :mod:`~bench.report.higher_order`: the higher-order (AAO) accuracy table;
 * :mod:`~bench.report.paper`: published against reproduced numbers;
 * :mod:`~bench.report.figures`: seen-unseen curves and AUC bars.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from bench.report.aggregate import METRICS, PAPER_DATASETS, aggregate, row_labels
 from bench.report.figures import figure_slug, write_figures
+from bench.report.higher_order import aggregate_higher_order
 from bench.report.latex import latex_escape, render_latex
 from bench.report.paper import (
     compare_with_paper,
@@ -50,6 +52,7 @@ __all__ = [
     "RunRecord",
     "Setting",
     "aggregate",
+    "aggregate_higher_order",
     "compare_with_paper",
     "figure_slug",
     "latex_escape",

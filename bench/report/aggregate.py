@@ -60,8 +60,14 @@ _FIELD_LABELS = {
 }
 
 
-def _order_key(value: str, order: Sequence[str]) -> tuple[int, str]:
+def order_key(value: str, order: Sequence[str]) -> tuple[int, str]:
+    """Sort key: the position of ``value`` in ``order``, then the others alphabetically."""
     return (order.index(value), "") if value in order else (len(order), value)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (NaN for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def _distinguishing(settings: Sequence[Setting], candidates: Sequence[str]) -> list[str]:
@@ -151,8 +157,7 @@ def aggregate(
             }
             for name, key in METRICS:
                 values = [100.0 * float(block[key]) for _, block in blocks]
-                row[f"{name}_mean"] = statistics.fmean(values)
-                row[f"{name}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+                row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
             row.update(asdict(setting))
             row["random_weights"] = any(r.random_weights for r in members)
             rows.append(row)
@@ -167,15 +172,15 @@ def aggregate(
         range(len(frame)),
         key=lambda i: (
             worlds.index(frame.at[i, "world"]),
-            _order_key(frame.at[i, "dataset"], dataset_order),
-            _order_key(frame.at[i, "method"], method_order),
+            order_key(frame.at[i, "dataset"], dataset_order),
+            order_key(frame.at[i, "method"], method_order),
             frame.at[i, "label"],
         ),
     )
     frame = frame.iloc[order].reset_index(drop=True)
     label_order = sorted(
         set(zip(frame["method"], frame["label"])),
-        key=lambda ml: (_order_key(ml[0], method_order), ml[1]),
+        key=lambda ml: (order_key(ml[0], method_order), ml[1]),
     )
     rank = {label: i for i, (_, label) in enumerate(label_order)}
     frame.insert(5, "row_order", [rank[label] for label in frame["label"]])

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from bench.report.higher_order import higher_order_caption, higher_order_cells, higher_order_tables
 from bench.report.tables import Table, summary_tables, table_cells, table_columns
 
 _LATEX_SPECIALS = {
@@ -116,6 +117,22 @@ def _latex_table(table: Table) -> str:
     return booktabs_table(frame, table.caption, f"tab:czsl-{table.split}-{table.world}", ["Method"])
 
 
-def render_latex(summary: pd.DataFrame) -> str:
-    """One booktabs ``table`` per world (``\\usepackage{booktabs,multirow}``)."""
-    return "\n".join(_latex_table(table) for table in summary_tables(summary))
+def _higher_order_latex(name: str, frame: pd.DataFrame) -> str:
+    datasets, body = higher_order_cells(frame, "latex")
+    columns = pd.MultiIndex.from_tuples([(latex_escape(d), "acc") for d in datasets])
+    table = pd.DataFrame(
+        [cells for _, *cells in body],
+        index=pd.Index([latex_escape(label) for label, *_ in body]),
+        columns=columns,
+    )
+    caption = higher_order_caption(frame)
+    return booktabs_table(table, caption, f"tab:czsl-test-{name}", ["Method"])
+
+
+def render_latex(summary: pd.DataFrame, higher_order: pd.DataFrame | None = None) -> str:
+    """One booktabs ``table`` per world (``\\usepackage{booktabs,multirow}``), then one per
+    higher-order evaluation in ``higher_order`` (:func:`aggregate_higher_order`)."""
+    tables = [_latex_table(table) for table in summary_tables(summary)]
+    if higher_order is not None:
+        tables += [_higher_order_latex(n, f) for n, f in higher_order_tables(higher_order)]
+    return "\n".join(tables)

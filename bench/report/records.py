@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class RunRecord:
         seed: Random seed.
         setting: The comparability key (runs are averaged only within one setting).
         metrics: ``{split: {world: block}}`` as in the result JSON (fractions, not %).
+        higher_order: ``{name: block}`` of the result's higher-order evaluations (``aao``).
         random_weights: The backbone had random weights.
         created_at: ISO timestamp (the latest duplicate wins).
         source: Result path or MLflow run id.
@@ -58,6 +59,7 @@ class RunRecord:
     random_weights: bool = False
     created_at: str = ""
     source: str = ""
+    higher_order: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def block(self, split: str, world: str) -> Mapping[str, Any] | None:
         """The metrics block of ``split``/``world``, or None."""
@@ -94,6 +96,7 @@ def record_from_result(result: Mapping[str, Any], source: str = "") -> RunRecord
         random_weights=bool(result.get("backbone_random_weights", False)),
         created_at=str(result.get("created_at", "")),
         source=source,
+        higher_order=result.get("higher_order") or {},
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.report.higher_order import higher_order_caption, higher_order_cells, higher_order_tables
 from bench.report.latex import render_latex
 from bench.report.tables import summary_tables, table_cells, table_columns, world_label
 
@@ -29,8 +30,9 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]], left: i
     return "\n".join(lines)
 
 
-def render_markdown(summary: pd.DataFrame) -> str:
-    """One pipe table per world, each followed by a pandoc-style ``Table:`` caption."""
+def render_markdown(summary: pd.DataFrame, higher_order: pd.DataFrame | None = None) -> str:
+    """One pipe table per world, each followed by a pandoc-style ``Table:`` caption, then one
+    per higher-order evaluation in ``higher_order``."""
     parts = []
     for table in summary_tables(summary):
         header = ["Method"] + [f"{d} {m}" for d, m in table_columns(table)]
@@ -38,6 +40,10 @@ def render_markdown(summary: pd.DataFrame) -> str:
             [label, *cells] for label, cells in zip(table.labels, table_cells(table, "markdown"))
         ]
         parts.append(f"{markdown_table(header, body, 1)}\n\nTable: {table.caption}\n")
+    for _, frame in higher_order_tables(higher_order) if higher_order is not None else []:
+        datasets, rows = higher_order_cells(frame, "markdown")
+        table_text = markdown_table(["Method"] + [f"{d} acc" for d in datasets], rows, 1)
+        parts.append(f"{table_text}\n\nTable: {higher_order_caption(frame)}\n")
     return "\n".join(parts)
 
 
@@ -56,8 +62,8 @@ def new_rich_table(title: str, caption: str) -> Any:
     return Table(title=title, caption=escape(caption), caption_justify="left")
 
 
-def render_rich(summary: pd.DataFrame) -> list[Any]:
-    """Rich tables for the terminal, one per world."""
+def render_rich(summary: pd.DataFrame, higher_order: pd.DataFrame | None = None) -> list[Any]:
+    """Rich tables for the terminal, one per world, then one per higher-order evaluation."""
     from rich.markup import escape
 
     tables = []
@@ -74,6 +80,17 @@ def render_rich(summary: pd.DataFrame) -> list[Any]:
         for label, cells in zip(table.labels, table_cells(table, "rich")):
             rich_table.add_row(escape(label), *cells)
         tables.append(rich_table)
+    for name, frame in higher_order_tables(higher_order) if higher_order is not None else []:
+        datasets, rows = higher_order_cells(frame, "rich")
+        rich_table = new_rich_table(
+            f"Higher-order compositions ({name}), test split (%)", higher_order_caption(frame)
+        )
+        rich_table.add_column("Method", no_wrap=True)
+        for dataset in datasets:
+            rich_table.add_column(f"{escape(dataset)}\nacc", justify="right", no_wrap=True)
+        for label, *cells in rows:
+            rich_table.add_row(escape(label), *cells)
+        tables.append(rich_table)
     return tables
 
 
@@ -83,8 +100,11 @@ def check_format(fmt: str) -> None:
         raise BenchError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
-def render(summary: pd.DataFrame, fmt: str) -> str:
-    """Render the summary as "latex", "markdown" or "csv"."""
+def render(summary: pd.DataFrame, fmt: str, higher_order: pd.DataFrame | None = None) -> str:
+    """Render the summary as "latex", "markdown" or "csv"; LaTeX and Markdown add the
+    higher-order tables of ``higher_order`` (CSV is the summary frame only)."""
     check_format(fmt)
-    renderers = {"latex": render_latex, "markdown": render_markdown, "csv": render_csv}
-    return renderers[fmt](summary)
+    if fmt == "csv":
+        return render_csv(summary)
+    renderer = render_latex if fmt == "latex" else render_markdown
+    return renderer(summary, higher_order)

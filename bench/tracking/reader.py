@@ -122,11 +122,14 @@ def read_cell_results(
             text = _read_artifact(client, run, "config.json", folder)
             config = json.loads(text) if text else _config_from_params(params, tags)
             metrics: dict[str, dict[str, dict[str, Any]]] = {}
+            higher_order: dict[str, dict[str, Any]] = {}
             for name, value in run.data.metrics.items():
                 parts = name.split("/")
                 if len(parts) == 3 and parts[0] in EVAL_SPLITS and parts[2] in METRIC_KEYS:
                     block = metrics.setdefault(parts[0], {}).setdefault(parts[1], {})
                     block[METRIC_KEYS[parts[2]]] = value
+                elif len(parts) == 3 and parts[0] == "test" and parts[2] == "acc":
+                    higher_order[parts[1]] = {"acc": value}  # test/aao/acc
             if curves:
                 table = _read_artifact(client, run, "curves_table/curves.csv", folder)
                 for (split, world), block in (_curves_from_csv(table) if table else {}).items():
@@ -148,4 +151,6 @@ def read_cell_results(
                 ),
                 "mlflow_run_id": run.info.run_id,
             }
+            if higher_order:
+                results[key]["higher_order"] = higher_order
     return list(results.values())

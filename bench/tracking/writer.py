@@ -37,7 +37,8 @@ from bench.tracking.client import (
 
 
 def flatten_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """``{split}/{world}/{metric}`` metrics (fractions) from a cell result."""
+    """``{split}/{world}/{metric}`` metrics (fractions) from a cell result, and
+    ``test/{name}/acc`` of its higher-order evaluations (``test/aao/acc``)."""
     metrics: dict[str, float] = {}
     for split in EVAL_SPLITS:
         for world in WORLDS:
@@ -47,6 +48,9 @@ def flatten_metrics(result: Mapping[str, Any]) -> dict[str, float]:
             for name, key in METRIC_KEYS.items():
                 if block.get(key) is not None:
                     metrics[f"{split}/{world}/{name}"] = float(block[key])
+    for name, block in (result.get("higher_order") or {}).items():
+        if isinstance(block, Mapping) and block.get("acc") is not None:
+            metrics[f"test/{name}/acc"] = float(block["acc"])
     for name, seconds in result.get("timings", {}).items():
         metrics[f"time/{name}"] = float(seconds)
     return metrics

@@ -3,6 +3,7 @@ synthetic dataset's higher-order images and the ``aao-mit-states`` download."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable, Iterator
@@ -111,28 +112,29 @@ def test_no_file_no_annotations_and_the_extra_split(dataset: CZSLDataset) -> Non
 
 
 # ----------------------------------------------------------------------------- synthetic
-def test_synthetic_plan_puts_patterns_on_colour_test_images() -> None:
+def test_synthetic_plan_adds_patterned_images_of_colour_test_pairs() -> None:
     plan = plan_synthetic("synthetic", seed=0)
-    assert plan == plan_synthetic("synthetic", seed=0)
-    assert len(plan.second_attrs) == 84 and len(plan.higher_order_triples()) == 42
-    test = plan.images["test"]
-    for index, attr2 in plan.second_attrs.items():
-        assert test[index][0] in COLOURS and attr2 in PATTERNS
-    # the rest of the plan is that of the preset without higher-order images
-    plain = plan_synthetic("synthetic-tiny", seed=0)
-    assert not plain.second_attrs and not plain.higher_order_triples()
-    assert plan_synthetic("synthetic-flat", seed=0).second_attrs == plan.second_attrs
+    test_pairs = set(plan.test_pairs)
+    colour_pairs = {(a, o) for a, o in test_pairs if a in COLOURS}
+    assert len(plan.higher_order) == 2 * len(PATTERNS) * len(colour_pairs) == 84
+    assert len(plan.higher_order_triples()) == 42
+    for attr, attr2, obj in plan.higher_order:
+        assert (attr, obj) in colour_pairs and attr2 in PATTERNS
+    # the splits are those of the preset without higher-order images
+    plain = plan_synthetic(dataclasses.replace(plan.preset, aao_per_pattern=0), seed=0)
+    assert plain.images == plan.images and not plain.higher_order
+    assert not plan_synthetic("synthetic-tiny", seed=0).higher_order
+    assert plan_synthetic("synthetic-flat", seed=0).higher_order == plan.higher_order
 
 
 @pytest.mark.slow
 def test_generated_synthetic_has_annotations(synthetic_dataset: CZSLDataset) -> None:
     plan = plan_synthetic("synthetic", seed=0)
     samples = load_annotations(synthetic_dataset)
-    assert samples is not None and len(samples) == len(plan.second_attrs)
-    assert distinct_triples(samples) == plan.higher_order_triples()
-    test_images = {s.image: (s.attr, s.obj) for s in synthetic_dataset.splits["test"]}
-    for sample in samples:
-        assert test_images[sample.image] == (sample.attr, sample.obj)
+    assert samples is not None and [s.triple for s in samples] == list(plan.higher_order)
+    split_images = {s.image for split in synthetic_dataset.splits.values() for s in split}
+    assert not split_images & {s.image for s in samples}, "higher-order images are in no split"
+    assert len(synthetic_dataset.splits["test"]) == 192
     from PIL import Image
 
     with Image.open(synthetic_dataset.root / "images" / samples[0].image) as image:
