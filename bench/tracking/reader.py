@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.constants import EVAL_SPLITS
+from bench.constants import EVAL_SPLITS, WORLDS
 from bench.errors import BenchError
 from bench.tracking.client import (
     METRIC_KEYS,
@@ -125,10 +125,12 @@ def read_cell_results(
             higher_order: dict[str, dict[str, Any]] = {}
             for name, value in run.data.metrics.items():
                 parts = name.split("/")
-                if len(parts) == 3 and parts[0] in EVAL_SPLITS and parts[2] in METRIC_KEYS:
+                if len(parts) != 3:
+                    continue
+                if parts[0] in EVAL_SPLITS and parts[1] in WORLDS and parts[2] in METRIC_KEYS:
                     block = metrics.setdefault(parts[0], {}).setdefault(parts[1], {})
                     block[METRIC_KEYS[parts[2]]] = value
-                elif len(parts) == 3 and parts[0] == "test" and parts[2] == "acc":
+                elif parts[0] == "test" and parts[2] == "acc":
                     higher_order[parts[1]] = {"acc": value}  # test/aao/acc
             if curves:
                 table = _read_artifact(client, run, "curves_table/curves.csv", folder)

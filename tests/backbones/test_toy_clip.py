@@ -296,6 +296,15 @@ def test_trained_methods_beat_zero_shot(toy_run: dict[str, dict[str, Any]]) -> N
 
 
 @pytest.mark.slow
+def test_higher_order_well_above_chance(toy_run: dict[str, dict[str, Any]]) -> None:
+    """toy-clip never saw the benchmark's attribute-attribute-object triples."""
+    for method in ("clip", "coop", "csp"):
+        block = toy_run[method]["higher_order"]["aao"]
+        assert block["n_triples"] == 42 and block["n_images"] == 84
+        assert block["acc"] >= 5 * block["chance"], method
+
+
+@pytest.mark.slow
 def test_same_cell_same_metrics(toy_results: Path, synthetic_root: Path) -> None:
     config = RunConfig(
         methods=("csp",),

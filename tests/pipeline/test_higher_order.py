@@ -38,7 +38,6 @@ def test_higher_order_lands_in_results_mlflow_and_report(
         epochs=1,
         data_root=root,
         results_dir=tmp_path / "results",
-        log_mlflow=False,
     )
     results = {o.cell.method: o.result for o in run_local(config)}
     for method in ("clip", "csp"):
@@ -60,3 +59,8 @@ def test_higher_order_lands_in_results_mlflow_and_report(
     assert "tab:czsl-test-aao" in latex and latex.count("\\begin{table}") == 3
     assert report.render(summary, "csv", frame) == report.render(summary, "csv")
     assert len(report.render_rich(summary, frame)) == 3
+
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    from_mlflow = report.aggregate_higher_order(report.load_records_mlflow(uri, curves=False))
+    assert from_mlflow["acc_mean"].tolist() == pytest.approx(frame["acc_mean"].tolist())
+    assert all(set(r.metrics["test"]) == {"cw", "ow"} for r in report.load_records_mlflow(uri))
