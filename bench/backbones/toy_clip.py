@@ -139,7 +139,7 @@ class CorpusRecipe:
     pair_templates: tuple[str, ...] = PAIR_TEMPLATES
     attr_templates: tuple[str, ...] = ATTR_TEMPLATES
     obj_templates: tuple[str, ...] = OBJ_TEMPLATES
-    second_attr_rate: float = 0.25
+    second_attr_rate: float = 0.1
     triple_templates: tuple[str, ...] = TRIPLE_TEMPLATES
     render_stream: int = RENDER_STREAM
 
