@@ -190,6 +190,9 @@ class DFSP(CSP):
     """
 
     name = "dfsp"
+    #: No higher-order prompts: its scores fuse image tokens with a context built from the
+    #: candidate pairs, which CSP's triple prompts would bypass (the evaluation skips it).
+    score_triples = None  # type: ignore[assignment]
     needs = ("tokens",)
     augment_modes = ("none",)
     #: The fusion reads every prompt position, so prompts always run through the full text
