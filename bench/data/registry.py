@@ -177,10 +177,11 @@ def resolve_dataset(
         card = dataset_card(value)
         folder = dataset_folder(value, root)
         if card.get("kind") == "synthetic":
-            if is_present(folder):
+            outdated = prepare and is_present(folder) and _made_by_older_generator(folder)
+            if is_present(folder) and not outdated:
                 return folder
             if prepare:
-                return prepare_synthetic(value, root, progress=True)[0]
+                return prepare_synthetic(value, root, force=outdated, progress=True)[0]
             raise BenchError(
                 f"synthetic dataset {value!r} is not in {root} (expected {folder}); run "
                 f"`bench data prepare {value} --root {root}`"
@@ -197,6 +198,16 @@ def resolve_dataset(
     if _looks_like_path(value):
         raise BenchError(f"dataset folder {value} does not exist; check the path")
     raise _unknown(value)
+
+
+def _made_by_older_generator(folder: Path) -> bool:
+    """Whether ``folder`` was rendered by an older synthetic generator (e.g. before the
+    higher-order images existed), so that preparing it again brings it up to date."""
+    from bench.data.synthetic import GENERATOR_VERSION, read_generator_params
+
+    found = read_generator_params(folder)
+    version = found.get("version", 1) if found is not None else GENERATOR_VERSION
+    return isinstance(version, int) and version < GENERATOR_VERSION
 
 
 def open_dataset(

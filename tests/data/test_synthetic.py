@@ -279,3 +279,19 @@ def test_prepare_is_idempotent_and_guards_other_params(tmp_path: Path) -> None:
     assert prepare_synthetic("synthetic-tiny", tmp_path, seed=4) == (folder, False)
     with pytest.raises(BenchError, match="bench data download mit-states"):
         prepare_synthetic("mit-states", tmp_path)
+
+
+def test_a_dataset_from_an_older_generator_is_rendered_again_when_prepared(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from bench.data.registry import resolve_dataset
+
+    folder, _ = prepare_synthetic("synthetic-tiny", tmp_path)
+    params = json.loads((folder / "generator.json").read_text())
+    (folder / "generator.json").write_text(json.dumps({**params, "version": 1}))
+    assert resolve_dataset("synthetic-tiny", tmp_path) == folder  # no prepare: used as it is
+    assert json.loads((folder / "generator.json").read_text())["version"] == 1
+    assert resolve_dataset("synthetic-tiny", tmp_path, prepare=True) == folder
+    assert json.loads((folder / "generator.json").read_text()) == params
