@@ -82,6 +82,23 @@ def test_ray_grid_matches_local_executor(ray_grid: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
+def test_a_method_on_image_tokens_runs_on_ray_like_locally(
+    ray_session: Any, tiny_root: Path, tmp_path: Path
+) -> None:
+    """DFSP needs cached image tokens: the prepare task extracts them, the cell task reads
+    them, and both worlds' numbers equal the local executor's."""
+    settings = {"methods": ("dfsp",), "seeds": (0,)}
+    local_config = grid_config(tiny_root, tmp_path / "local", **settings)
+    local = LocalExecutor(local_config, quiet_events(local_config)).run()
+    config = grid_config(tiny_root, tmp_path / "ray", **settings)
+    outcomes = RayExecutor(config, quiet_events(config)).run()
+    assert [o.status for o in outcomes] == ["done"]
+    assert set(outcomes[0].result["metrics"]["test"]) == {"cw", "ow"}
+    assert metrics_by_cell(outcomes) == metrics_by_cell(local)
+    assert outcomes[0].path.name == local[0].path.name
+
+
+@pytest.mark.slow
 def test_features_are_extracted_once_per_grid(ray_grid: dict[str, Any]) -> None:
     manifests = sorted((ray_grid["results"] / "cache" / "features").rglob("*.json"))
     assert len(manifests) == 3  # train, val, test, written by the one upstream task
