@@ -49,10 +49,13 @@ def resolve_device(requested: str | None = None) -> torch.device:
     return device
 
 
-def autocast_dtype_for(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for ``device``: bf16 (or fp16) on CUDA, None (fp32) elsewhere."""
+def autocast_dtype_for(device: torch.device, precision: str | None = None) -> torch.dtype | None:
+    """Mixed-precision dtype for ``device``: None (fp32) off CUDA; on CUDA fp16 when
+    ``precision`` is "fp16" (the CSP paper's), else bf16 where supported (fp16 otherwise)."""
     if device.type != "cuda":
         return None
+    if precision == "fp16":
+        return torch.float16
     index = device.index if device.index is not None else torch.cuda.current_device()
     with torch.cuda.device(index):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

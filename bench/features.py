@@ -108,7 +108,7 @@ def _images_signature(dataset: Any, split: str) -> str:
 
 
 def _key_inputs(backbone: Backbone, dataset: Any, split: str, transform: str) -> dict[str, Any]:
-    return {
+    inputs: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "backbone": backbone.identifier,
         "dataset": dataset.name,
@@ -119,14 +119,19 @@ def _key_inputs(backbone: Backbone, dataset: Any, split: str, transform: str) ->
         "transform_description": _describe_transform(backbone, _transform(backbone, transform)),
         "images": _images_signature(dataset, split),
     }
+    # Mixed precision changes the features: the paper protocol's fp16 ones never stand in for
+    # bf16 ones (or fp32 ones from the CPU); full-precision keys stay as they were.
+    if backbone.autocast_dtype is not None:
+        inputs["autocast"] = str(backbone.autocast_dtype).removeprefix("torch.")
+    return inputs
 
 
 def feature_cache_key(backbone: Backbone, dataset: Any, split: str, transform: str = "eval") -> str:
     """The cache key of a split's features.
 
     It covers the backbone identifier, the dataset (name, folder, fingerprint, and the
-    size/mtime of every image of the split), the split, and the transform (name and the
-    full preprocessing config).
+    size/mtime of every image of the split), the split, the transform (name and the full
+    preprocessing config) and the autocast dtype on CUDA.
     """
     return sha256_json(_key_inputs(backbone, dataset, split, transform))[:32]
 

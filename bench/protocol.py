@@ -47,7 +47,9 @@ class Protocol:
         name: "paper" or "harness" (the ``--protocol`` it started from).
         epoch_selection: "last" or "val-auc".
         augment: "none" (cached features) or "paper" (augmented views, official order).
-        precision: What the numbers were computed in ("fp32" on the CPU).
+        precision: What the numbers were computed in: "fp32" on the CPU; on CUDA "fp16" (the
+            paper protocol: float16 autocast, scores rounded to fp16 as the official code's
+            fp16 logits are) or "<dtype>-autocast".
         name_cleaning: "official" or "words".
         feasibility_filter: Open-world filter (``FEASIBILITY_CHOICES``), None for none.
         word_vectors: Word-vector spec of the feasibility scores, None for none.
@@ -88,6 +90,13 @@ def default_protocol_name(dataset_kind: str | None) -> str:
     return "paper" if dataset_kind == PAPER_DATASET_KIND else "harness"
 
 
+def backbone_precision(name: str) -> str | None:
+    """The CUDA precision protocol ``name`` loads the backbone in (``LoadRequest.precision``):
+    "fp16" for ``paper`` (the official code runs CLIP in fp16), None (the device's default)
+    otherwise."""
+    return "fp16" if name == "paper" else None
+
+
 def build_protocol(
     name: str,
     *,
@@ -120,7 +129,12 @@ def build_protocol(
         raise BenchError(f"unknown augment mode {augment!r}; use one of {AUGMENT_CHOICES}")
     if feasibility is not None and feasibility not in FEASIBILITY_CHOICES:
         raise BenchError(f"unknown feasibility {feasibility!r}; use one of {FEASIBILITY_CHOICES}")
-    precision = "fp32" if device == "cpu" or autocast is None else f"{autocast}-autocast"
+    if device == "cpu" or autocast is None:
+        precision = "fp32"
+    elif autocast == "float16" and backbone_precision(name) == "fp16":
+        precision = "fp16"
+    else:
+        precision = f"{autocast}-autocast"
     if name == "paper":
         vectors = word_vectors or (
             OFFLINE_WORD_VECTORS if offline_word_vectors else PAPER_WORD_VECTORS

@@ -23,6 +23,12 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_autocast_is_noop_on_cpu() -> None:
     cpu = torch.device("cpu")
     assert autocast_dtype_for(cpu) is None
+    assert autocast_dtype_for(cpu, "fp16") is None
     with autocast(cpu, torch.bfloat16):
         out = torch.ones(2, 2) @ torch.ones(2, 2)
     assert out.dtype == torch.float32
+
+
+def test_fp16_precision_asks_cuda_for_float16_autocast() -> None:
+    # the paper protocol's request; decided without touching a GPU
+    assert autocast_dtype_for(torch.device("cuda"), "fp16") is torch.float16

@@ -150,6 +150,16 @@ def test_recompute_when_inputs_change(tiny: Backbone, dataset: CZSLDataset, tmp_
         _extract(backbone, dataset, tmp_path, transform="sepia")
 
 
+def test_the_autocast_dtype_keys_the_features(tiny: Backbone, dataset: CZSLDataset) -> None:
+    # fp16 features (the paper protocol on CUDA) never stand in for bf16 or fp32 ones
+    keys = {
+        dtype: feature_cache_key(dataclasses.replace(tiny, autocast_dtype=dtype), dataset, "val")
+        for dtype in (None, torch.bfloat16, torch.float16)
+    }
+    assert keys[None] == feature_cache_key(tiny, dataset, "val")
+    assert len(set(keys.values())) == 3
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip-byte", "delete-tensor", "bad-manifest"])
 def test_corrupt_entry_is_rebuilt(
     tiny: Backbone, dataset: CZSLDataset, tmp_path: Path, damage: str

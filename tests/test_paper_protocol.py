@@ -8,7 +8,12 @@ import pytest
 
 from bench.errors import BenchError
 from bench.pipeline.config import RunConfig
-from bench.protocol import build_protocol, default_protocol_name, paper_deviations
+from bench.protocol import (
+    backbone_precision,
+    build_protocol,
+    default_protocol_name,
+    paper_deviations,
+)
 
 
 def _config(**kwargs: object) -> RunConfig:
@@ -56,6 +61,46 @@ def test_paper_protocol_fields() -> None:
     }
     fp16 = build_protocol("paper", device="cuda", autocast="fp16")
     assert fp16.precision == "fp16-autocast"
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "autocast", "precision", "deviation"),
+    [
+        ("paper", "cpu", None, "fp32", "precision fp32 on the CPU (paper: fp16 CLIP on CUDA)"),
+        ("paper", "cuda", "float16", "fp16", None),
+        ("harness", "cpu", None, "fp32", "precision fp32 on the CPU (paper: fp16 CLIP on CUDA)"),
+        (
+            "harness",
+            "cuda",
+            "bfloat16",
+            "bfloat16-autocast",
+            "precision bfloat16-autocast (paper: fp16 CLIP on CUDA)",
+        ),
+        # fp16 autocast without the paper protocol (a GPU without bf16) is not its fp16
+        (
+            "harness",
+            "cuda",
+            "float16",
+            "float16-autocast",
+            "precision float16-autocast (paper: fp16 CLIP on CUDA)",
+        ),
+    ],
+)
+def test_precision_per_protocol_and_device(
+    name: str, device: str, autocast: str | None, precision: str, deviation: str | None
+) -> None:
+    protocol = build_protocol(name, device=device, autocast=autocast)
+    assert protocol.precision == precision
+    reasons = paper_deviations(protocol, "csp", trains=True)
+    precision_reasons = [r for r in reasons if r.startswith("precision")]
+    assert precision_reasons == ([deviation] if deviation else [])
+    if name == "paper":
+        assert protocol.as_record("csp", trains=True)["matches_paper"] is (deviation is None)
+
+
+def test_paper_protocol_loads_the_backbone_in_fp16() -> None:
+    assert backbone_precision("paper") == "fp16"
+    assert backbone_precision("harness") is None
 
 
 def test_harness_protocol_fields() -> None:

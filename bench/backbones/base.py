@@ -208,11 +208,14 @@ class LoadRequest:
         cache_dir: Where weights are cached/downloaded (None: the source's default).
         show_progress: A progress bar for slow builds (toy-clip pretraining), or a running
             ``rich.progress.Progress`` to add it to.
+        precision: "fp16" for float16 autocast on CUDA (the CSP paper's precision); None for
+            the device's default (``bench.device.autocast_dtype_for``).
     """
 
     device: torch.device
     cache_dir: Path | None = None
     show_progress: bool | Any = True
+    precision: str | None = None
 
 
 @dataclass(frozen=True)

@@ -383,9 +383,15 @@ def _identifier_slug(label: str) -> str:
 
 
 def assemble_backbone(
-    spec: BackboneSpec, built: BuiltModel, device: torch.device, cache: str | None
+    spec: BackboneSpec,
+    built: BuiltModel,
+    device: torch.device,
+    cache: str | None,
+    precision: str | None = None,
 ) -> OpenClipBackbone:
     """Freeze ``built.model``, move it to ``device`` and wrap it with its tokenizer and transforms.
+
+    ``precision`` picks the CUDA autocast dtype (``bench.device.autocast_dtype_for``).
 
     Raises:
         BenchError: The tokenizer cannot be loaded.
@@ -426,7 +432,7 @@ def assemble_backbone(
         preprocess=preprocess,
         train_transform=csp_train_transform(preprocess),
         preprocess_cfg=preprocess_cfg,
-        autocast_dtype=autocast_dtype_for(device),
+        autocast_dtype=autocast_dtype_for(device, precision),
         embed_dim=int(probe.shape[-1]),
         tokenizer=tokenizer,
         width=int(tower.token_embedding.embedding_dim) if tower is not None else 0,

@@ -50,7 +50,7 @@ def _loader(build: Builder) -> Callable[[BackboneSpec, LoadRequest], OpenClipBac
     def load(spec: BackboneSpec, request: LoadRequest) -> OpenClipBackbone:
         register_configs()
         cache = str(Path(request.cache_dir).expanduser()) if request.cache_dir is not None else None
-        return assemble_backbone(spec, build(spec, cache), request.device, cache)
+        return assemble_backbone(spec, build(spec, cache), request.device, cache, request.precision)
 
     return load
 

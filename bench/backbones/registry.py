@@ -60,6 +60,7 @@ def load_backbone(
     cache_dir: Path | None = None,
     *,
     show_progress: bool | Any = True,
+    precision: str | None = None,
 ) -> Backbone:
     """Load a frozen backbone.
 
@@ -70,13 +71,14 @@ def load_backbone(
             ``cache_dir``); None uses the Hugging Face default (``HF_HOME``).
         show_progress: toy-clip only: a progress bar while it is pretrained, or a running
             ``rich.progress.Progress`` to add the bar to (one live display at a time).
+        precision: "fp16" for float16 autocast on CUDA; None for the device's default.
 
     Raises:
         BenchError: Unknown model or tag, weights missing offline, or a checkpoint that does
             not fit the model (always one line).
     """
     parsed = spec if isinstance(spec, BackboneSpec) else parse_backbone(spec)
-    request = LoadRequest(resolve_device(device), cache_dir, show_progress)
+    request = LoadRequest(resolve_device(device), cache_dir, show_progress, precision)
     source = _BY_NAME.get(parsed.source)
     if source is None:
         raise BenchError(f"--backbone {parsed.raw}: unknown source {parsed.source!r}")

@@ -195,7 +195,7 @@ def load_timm_backbone(spec: BackboneSpec, request: LoadRequest) -> TimmBackbone
         preprocess=preprocess,
         train_transform=csp_train_transform(preprocess),
         preprocess_cfg={k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-        autocast_dtype=autocast_dtype_for(request.device),
+        autocast_dtype=autocast_dtype_for(request.device, request.precision),
         embed_dim=int(model.num_features),
     )
 

@@ -750,6 +750,7 @@ def load_toy_clip(
     cache_dir: Path | None = None,
     *,
     show_progress: bool | Any = True,
+    precision: str | None = None,
 ) -> OpenClipBackbone:
     """Load toy-clip as a frozen backbone, pretraining it on first use.
 
@@ -760,6 +761,7 @@ def load_toy_clip(
             ``./results/cache/backbones``).
         show_progress: Show a progress bar if it has to be pretrained (or a running
             ``rich.progress.Progress`` to add it to).
+        precision: "fp16" for float16 autocast on CUDA; None for the device's default.
 
     Raises:
         BenchError: A malformed spec or an unwritable cache folder.
@@ -785,13 +787,17 @@ def load_toy_clip(
             continue  # checked out but does not load: rebuild once
         digest = str(manifest.get("weights_sha256"))
         built = BuiltModel(model, digest, False, MODEL_NAME, label="toy-clip")
-        return assemble_backbone(parsed, built, torch_device, None)
+        return assemble_backbone(parsed, built, torch_device, None, precision)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _load(spec: BackboneSpec, request: LoadRequest) -> OpenClipBackbone:
     return load_toy_clip(
-        spec, request.device, request.cache_dir, show_progress=request.show_progress
+        spec,
+        request.device,
+        request.cache_dir,
+        show_progress=request.show_progress,
+        precision=request.precision,
     )
 
 

@@ -16,7 +16,13 @@ from bench.locks import FileLock, features_lock_path
 from bench.pipeline.config import RunConfig, dataset_label
 from bench.pipeline.events import EventBus
 from bench.pipeline.store import sweep_temporaries, writing
-from bench.protocol import OFFLINE_WORD_VECTORS, PAPER_WORD_VECTORS, Protocol, build_protocol
+from bench.protocol import (
+    OFFLINE_WORD_VECTORS,
+    PAPER_WORD_VECTORS,
+    Protocol,
+    backbone_precision,
+    build_protocol,
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ def prepare_dataset(
     cache_dir = (
         results_dir / "cache" / "backbones" if backbone_spec.startswith("toy-clip") else None
     )
+    protocol_name = config.protocol_for(spec)
     label = dataset_label(spec)
     lock = FileLock(features_lock_path(results_dir, label), owner)
     feature_dir = results_dir / "cache" / "features" / slug(dataset.name)
@@ -105,6 +112,7 @@ def prepare_dataset(
                 device=config.device,
                 cache_dir=cache_dir,
                 show_progress=progress if progress is not None else True,
+                precision=backbone_precision(protocol_name),
             )
         if backbone.random_weights:
             events.warn(random_weights_warning(backbone))
@@ -132,7 +140,7 @@ def prepare_dataset(
     cache_hit = all(f.cache_hit for f in [*features.values(), *tokens.values()])
     autocast = backbone.autocast_dtype
     protocol = build_protocol(
-        config.protocol_for(spec),
+        protocol_name,
         device=backbone.device.type,
         autocast=str(autocast).removeprefix("torch.") if autocast is not None else None,
         augment=config.augment,
