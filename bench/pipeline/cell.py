@@ -187,7 +187,10 @@ class CellRunner:
         start = time.perf_counter()
         seed_everything(cell.seed)
         method = get_method_class(cell.method)(config["hparams"])
-        evaluation = CellEvaluation(ctx.dataset, ctx.features, self.config.topk, ctx.tokens)
+        protocol = config["protocol"]
+        evaluation = CellEvaluation(
+            ctx.dataset, ctx.features, self.config.topk, ctx.tokens, protocol["precision"]
+        )
         history: list[dict[str, float]] = []
 
         def on_epoch_end(epoch: int, metrics: Mapping[str, float]) -> None:
@@ -196,7 +199,6 @@ class CellRunner:
             self.events.emit(EpochEnded(cell, epoch, values))
 
         checkpoint_dir = checkpoint_folder(path)
-        protocol = config["protocol"]
         fit_context = FitContext(
             dataset=ctx.dataset,
             backbone=ctx.backbone,

@@ -6,7 +6,7 @@ by feasibility when word vectors are given.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,11 +14,19 @@ import numpy as np
 from bench.constants import EVAL_SPLITS
 
 
+def fp16_rounded(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Score blocks rounded to fp16 and back: the official CSP code evaluates fp16 logits,
+    whose rounding ties close candidates (the evaluator then breaks ties by its rule)."""
+    for block in blocks:
+        yield np.asarray(block).astype(np.float16).astype(np.float32)
+
+
 class CellEvaluation:
     """Scores a method on val/test, closed and open world, through the pure evaluator.
 
     A method is scored on the feature level it declares first in ``needs``: pooled features
-    (``features``) or image tokens (``tokens``).
+    (``features``) or image tokens (``tokens``). Under the ``precision`` "fp16" of the
+    protocol record, a CLIP-family method's scores are rounded to fp16 (``fp16_rounded``).
     """
 
     def __init__(
@@ -27,11 +35,13 @@ class CellEvaluation:
         features: Mapping[str, Any],
         topk: int,
         tokens: Mapping[str, Any] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.dataset = dataset
         self.features = features
         self.tokens = tokens or {}
         self.topk = topk
+        self.precision = precision
         self.seen = dataset.seen_pairs_ids()
         self.closed_pairs = dataset.candidate_pairs("closed")
         self.open_pairs = dataset.candidate_pairs("open")
@@ -41,6 +51,15 @@ class CellEvaluation:
         if method.needs[0] == "tokens":
             return self.tokens[split]
         return self.features[split].features
+
+    def scores(self, method: Any, split: str, pairs: np.ndarray) -> Iterable[np.ndarray]:
+        """``method``'s score blocks of ``split`` over ``pairs``, at the protocol's precision."""
+        from bench.methods.clip_family import ClipFamilyMethod
+
+        blocks = method.score(self.inputs(method, split), pairs)
+        if self.precision == "fp16" and isinstance(method, ClipFamilyMethod):
+            return fp16_rounded(blocks)
+        return blocks
 
     def _labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         fs = self.features[split]
@@ -52,7 +71,7 @@ class CellEvaluation:
 
         attr, obj = self._labels(split)
         return evaluate_scores(
-            method.score(self.inputs(method, split), self.closed_pairs),
+            self.scores(method, split, self.closed_pairs),
             attr,
             obj,
             self.closed_pairs,
@@ -87,7 +106,7 @@ class CellEvaluation:
             for split in EVAL_SPLITS:
                 attr, obj = self._labels(split)
                 metrics[split]["ow"] = evaluate_scores(
-                    method.score(self.inputs(method, split), pairs),
+                    self.scores(method, split, pairs),
                     attr,
                     obj,
                     pairs,
@@ -101,7 +120,7 @@ class CellEvaluation:
         seen = seen_columns(pairs, self.seen)
         attr, obj = self._labels("val")
         selection = select_threshold(
-            lambda: method.score(self.inputs(method, "val"), pairs),
+            lambda: self.scores(method, "val", pairs),
             attr,
             obj,
             pairs,
@@ -119,7 +138,7 @@ class CellEvaluation:
         }
         for split in EVAL_SPLITS:
             attr, obj = self._labels(split)
-            blocks = method.score(self.inputs(method, split), pairs)
+            blocks = self.scores(method, split, pairs)
             if threshold is None:
                 metrics[split]["ow"] = evaluate_scores(
                     blocks, attr, obj, pairs, self.seen, None, self.topk
