@@ -48,7 +48,9 @@ def runs_view_state(methods: Sequence[str]) -> dict[str, Any]:
     group's average.
     """
     columns = [f"params.`{name}`" for name in ("method", "dataset", "seed", "backbone")]
-    columns += ["params.`eval.protocol`"] + [f"metrics.`{name}`" for name in HEADLINE_METRICS]
+    columns += ["params.`protocol.name`", "params.`protocol.matches_paper`"] + [
+        f"metrics.`{name}`" for name in HEADLINE_METRICS
+    ]
     return {
         "searchFilter": "tags.`bench.role` = 'cell' and attributes.status = 'FINISHED'",
         "orderByKey": f"metrics.`{HEADLINE_METRICS[0]}`",
