@@ -37,8 +37,9 @@ CACHE_FORMAT = 1
 #: Feature transforms: "eval" (the backbone's preprocess) and "hflip" (mirrored, then eval).
 TRANSFORMS: tuple[str, ...] = ("eval", "hflip")
 #: Feature levels a method can declare in ``Method.needs``: one pooled embedding per image,
-#: or the image transformer's last-block token sequence.
-FEATURE_LEVELS: tuple[str, ...] = ("pooled", "tokens")
+#: the image transformer's last-block token sequence, or the images themselves (an
+#: :class:`ImageSet`, for a method with trainable modules inside the image encoder).
+FEATURE_LEVELS: tuple[str, ...] = ("pooled", "tokens", "images")
 
 
 @dataclass
@@ -618,6 +619,89 @@ class TokenSet:
         """Float32 (b, T, width) tensors of consecutive images, in sample order."""
         for start in range(0, len(self), max(1, size)):
             yield self.rows(slice(start, start + size))
+
+
+# ------------------------------------------------------------------------- live images
+@dataclass(frozen=True)
+class ImageSet:
+    """The images of one split, for methods that run the image encoder themselves.
+
+    Nothing is cached: a method with trainable modules inside the encoder (``needs``
+    "images") encodes these images with its current modules, while training and when
+    scoring. It holds paths only, so it pickles small (Ray).
+
+    Attributes:
+        paths: Absolute image paths, in sample order.
+        attr_idx: (N,) int64 attribute ids.
+        obj_idx: (N,) int64 object ids.
+        image_paths: Image paths relative to ``<root>/images``, in sample order.
+    """
+
+    paths: tuple[Path, ...]
+    attr_idx: np.ndarray
+    obj_idx: np.ndarray
+    image_paths: tuple[str, ...]
+
+    @classmethod
+    def of_split(cls, dataset: Any, split: str) -> ImageSet:
+        """The images of ``dataset``'s ``split``."""
+        samples = _split_samples(dataset, split)
+        attr_idx, obj_idx = (np.asarray(ids, dtype=np.int64) for ids in dataset.labels(split))
+        return cls(
+            tuple(Path(dataset.image_path(s)) for s in samples),
+            attr_idx,
+            obj_idx,
+            tuple(s.image for s in samples),
+        )
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def loader(
+        self,
+        transform: Callable[[Any], torch.Tensor],
+        batches: Sequence[Sequence[int]],
+        *,
+        seeds: Sequence[int] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Iterator[torch.Tensor]:
+        """Transformed (b, 3, H, W) image batches, one per list of indices in ``batches``.
+
+        Args:
+            transform: The backbone's ``preprocess`` or ``train_transform``.
+            batches: The sample indices of each batch, in order.
+            seeds: Per-sample seeds of a random transform (``view_seed``), else None.
+            device: Where the batches go; on CUDA, worker processes decode the images.
+
+        Raises:
+            BenchError: An image cannot be read.
+        """
+        device = torch.device(device)
+        workers = 0 if device.type == "cpu" else min(8, torch.get_num_threads())
+        loader = torch.utils.data.DataLoader(
+            ImageFiles(self.paths, transform, seeds),
+            batch_sampler=[list(batch) for batch in batches],
+            num_workers=workers,
+            collate_fn=collate_images,
+            pin_memory=device.type == "cuda",
+        )
+        for images, error in loader:
+            if error is not None or images is None:
+                raise BenchError(error or "empty image batch")
+            yield images.to(device, non_blocking=True)
+
+    def batches(
+        self,
+        transform: Callable[[Any], torch.Tensor],
+        size: int,
+        device: torch.device | str = "cpu",
+    ) -> Iterator[torch.Tensor]:
+        """Consecutive images (``size`` at a time, in sample order) through ``transform``."""
+        order = list(range(len(self)))
+        step = max(1, size)
+        yield from self.loader(
+            transform, [order[i : i + step] for i in range(0, len(order), step)], device=device
+        )
 
 
 def image_token_shape(backbone: Any) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench.backbones.adapters import ImageAdapters
 from bench.backbones.base import (
     RANDOM_INIT_SEED,
     TextTower,
@@ -148,6 +149,67 @@ class OpenClipBackbone(TorchImageEncoder):
             if visual.proj is not None:
                 pooled = pooled @ visual.proj
         return pooled.float()
+
+    def project_image_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final norm and projection of every token of ``encode_image_tokens``' output.
+
+        For a class-token ViT (open_clip's ``tok`` pooling, every OpenAI CLIP), row 0 is
+        ``pool_image_tokens``' feature. Differentiable.
+
+        Returns:
+            (N, T, embed_dim) float32 tokens on ``device``.
+        """
+        visual = self._vision_tower()
+        with autocast(self.device, self.autocast_dtype):
+            projected = visual.ln_post(tokens.to(self.device))
+            if visual.proj is not None:
+                projected = projected @ visual.proj
+        return projected.float()
+
+    def image_blocks(self) -> tuple[int, int]:
+        """(number of transformer blocks, token width) of the image encoder: the shape an
+        :class:`~bench.backbones.adapters.ImageAdapters` for it takes."""
+        transformer = self._vision_tower().transformer
+        return len(transformer.resblocks), int(transformer.width)
+
+    def adapted_image_tokens(self, images: torch.Tensor, adapters: ImageAdapters) -> torch.Tensor:
+        """``encode_image_tokens`` with trainable adapters beside every block's sub-layers.
+
+        Each block computes ``x + attn(ln_1(x)) + a_i(x)``, then ``y + mlp(ln_2(y)) + m_i(y)``
+        (AdaptFormer's parallel adapters, as the official Troika code places them). The
+        frozen weights are untouched; gradients reach the adapters (and the images). With
+        every adapter's scale at 0 the output equals ``encode_image_tokens``.
+
+        Args:
+            images: (N, 3, H, W) tensor from ``preprocess`` or ``train_transform``.
+            adapters: Two adapters per block (see ``image_blocks``), on ``device``.
+
+        Returns:
+            (N, T, width) float32 last-block tokens before the final norm, with gradients
+            when grad mode is on.
+        """
+        visual = self._vision_tower()
+        transformer = visual.transformer
+        blocks = list(transformer.resblocks)
+        if len(adapters) != len(blocks) or not all(_is_plain_block(b) for b in blocks):
+            raise BenchError(
+                f"backbone {self.spec.raw}: image adapters need a plain open_clip ViT with "
+                f"{len(adapters)} residual blocks (it has {len(blocks)} of type "
+                f"{type(blocks[0]).__name__ if blocks else '-'})"
+            )
+        with autocast(self.device, self.autocast_dtype):
+            x = visual._embeds(images.to(self.device, non_blocking=True))
+            batch_first = getattr(transformer, "batch_first", True)
+            if not batch_first:
+                x = x.transpose(0, 1)
+            for block, (attention_adapter, mlp_adapter) in zip(
+                blocks, adapters.per_block(), strict=True
+            ):
+                x = x + block.ls_1(block.attention(q_x=block.ln_1(x))) + attention_adapter(x)
+                x = x + block.ls_2(block.mlp(block.ln_2(x))) + mlp_adapter(x)
+            if not batch_first:
+                x = x.transpose(0, 1)
+        return x.float()
 
     # -------------------------------------------------------------------- text
     def encode_text(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -293,6 +355,13 @@ class OpenClipBackbone(TorchImageEncoder):
                 "tower (e.g. ViT-L-14:openai)"
             )
         return tower
+
+
+def _is_plain_block(block: nn.Module) -> bool:
+    """Whether ``block`` is open_clip's pre-norm residual block (the adapters' layout)."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    return isinstance(block, ResidualAttentionBlock) and not hasattr(block, "ln_1_kv")
 
 
 # ------------------------------------------------------------------------------ building

@@ -60,6 +60,8 @@ class FitContext:
             re-encodes augmented images live.
         tokens: Cached image tokens per split (``bench.features.TokenSet``), for methods
             whose ``needs`` include "tokens"; empty otherwise.
+        images: The images per split (``bench.features.ImageSet``), for methods whose
+            ``needs`` include "images" (they encode them with their own trainable modules).
     """
 
     dataset: CZSLDataset
@@ -79,6 +81,7 @@ class FitContext:
     train_views: TrainViews | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     tokens: Mapping[str, Any] = field(default_factory=dict)
+    images: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Method(abc.ABC):
@@ -98,11 +101,21 @@ class Method(abc.ABC):
     #: applies to it and is part of its cells' configuration).
     encodes_prompts: ClassVar[bool] = False
     #: The feature levels it needs (``bench.features.FEATURE_LEVELS``); the first one is
-    #: what ``score`` receives: pooled (N, D) features or a ``TokenSet``.
+    #: what ``score`` receives: pooled (N, D) features, a ``TokenSet`` or an ``ImageSet``.
+    #: A method whose needs depend on its hyperparameters overrides ``needs_for``.
     needs: ClassVar[tuple[str, ...]] = ("pooled",)
 
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
+
+    @classmethod
+    def needs_for(cls, hparams: Mapping[str, Any]) -> tuple[str, ...]:
+        """The feature levels the method needs with ``hparams`` (default: ``needs``)."""
+        return cls.needs
+
+    def input_level(self) -> str:
+        """What ``score`` receives with this instance's hyperparameters."""
+        return type(self).needs_for(self.hparams)[0]
 
     @abc.abstractmethod
     def fit(self, ctx: FitContext) -> dict[str, Any]:

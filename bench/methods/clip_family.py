@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from bench.constants import AUGMENT_CHOICES, TEXT_ENCODING_CHOICES
 from bench.device import autocast
 from bench.errors import BenchError
-from bench.features import ImageFiles, collate_images, view_seed
+from bench.features import ImageSet, view_seed
 from bench.methods.base import FitContext, Method, method_hparams
 from bench.methods.scoring import CandidateCache, as_pair_tensor, block_rows
 from bench.methods.training import TrainableMethod, shuffled_batches, train_pair_labels
@@ -208,11 +207,8 @@ class TrainingBatches:
             self.features = normalize(torch.as_tensor(feature_set.features)).to(self.device)
             attr_ids, obj_ids = feature_set.attr_idx, feature_set.obj_idx
         elif ctx.augment == "paper":
-            dataset = ctx.dataset
-            samples = list(dataset.splits["train"])
-            self.images = [sample.image for sample in samples]
-            self.paths = [Path(dataset.image_path(s)) for s in samples]
-            attr_ids, obj_ids = dataset.labels("train")
+            self.images = ImageSet.of_split(ctx.dataset, "train")
+            attr_ids, obj_ids = self.images.attr_idx, self.images.obj_idx
         else:
             raise BenchError(f"unknown augment mode {ctx.augment!r}; use one of {AUGMENT_CHOICES}")
         self.labels = train_pair_labels(attr_ids, obj_ids, train_pairs, name).to(self.device)
@@ -231,21 +227,25 @@ class TrainingBatches:
             views = normalize(self.views.epoch(epoch).features).to(self.device)
             yield from shuffled_batches(generator, self.batch_size, views, self.labels)
             return
-        order = torch.randperm(self.size, generator=generator)
-        seeds = [view_seed(self.seed, epoch, image) for image in self.images]
-        workers = 0 if self.device.type == "cpu" else min(8, torch.get_num_threads())
-        loader = torch.utils.data.DataLoader(
-            ImageFiles(self.paths, self.backbone.train_transform, seeds),
-            batch_sampler=[index.tolist() for index in order.split(self.batch_size)],
-            num_workers=workers,
-            collate_fn=collate_images,
-            pin_memory=self.device.type == "cuda",
-        )
-        for index, (images, error) in zip(order.split(self.batch_size), loader, strict=True):
-            if error is not None:
-                raise BenchError(error)
-            feats = self.backbone.encode_images(images.to(self.device, non_blocking=True))
-            yield normalize(feats), self.labels[index.to(self.device)]
+        order = torch.randperm(self.size, generator=generator).split(self.batch_size)
+        for index, images in zip(
+            order, augmented_views(self.images, self.backbone, order, self.seed, epoch), strict=True
+        ):
+            yield normalize(self.backbone.encode_images(images)), self.labels[index.to(self.device)]
+
+
+def augmented_views(
+    images: ImageSet, backbone: Backbone, batches: Sequence[torch.Tensor], seed: int, epoch: int
+) -> Iterator[torch.Tensor]:
+    """One epoch's augmented views (``backbone.train_transform``, image ``i`` seeded by
+    ``view_seed(seed, epoch, image)``) of ``batches`` of indices, on the backbone's device."""
+    seeds = [view_seed(seed, epoch, image) for image in images.image_paths]
+    return images.loader(
+        backbone.train_transform,
+        [index.tolist() for index in batches],
+        seeds=seeds,
+        device=backbone.device,
+    )
 
 
 # --------------------------------------------------------------------------- method bases

@@ -116,6 +116,12 @@ class TrainableMethod(Method):
     #: images (e.g. a trainable image adapter) and re-encodes them.
     trains_on_views: ClassVar[bool] = False
 
+    @classmethod
+    def augment_modes_for(cls, hparams: Mapping[str, Any]) -> tuple[str, ...]:
+        """The augment modes the method trains with under ``hparams`` (default:
+        ``augment_modes``)."""
+        return cls.augment_modes
+
     def __init__(self, hparams: Mapping[str, Any]) -> None:
         super().__init__(hparams)
         #: Entries the fit log gets besides the loop's (e.g. the word vectors used).
@@ -264,15 +270,15 @@ class TrainableMethod(Method):
     def _check_augment(self, augment: str) -> None:
         if augment not in AUGMENT_CHOICES:
             raise BenchError(f"unknown augment mode {augment!r}; use one of {AUGMENT_CHOICES}")
-        if augment in self.augment_modes:
+        modes = type(self).augment_modes_for(self.hparams)
+        if augment in modes:
             return
-        if self.augment_modes == ("none",):
+        if modes == ("none",):
             raise BenchError(
                 f"method {self.name} trains on cached features only; use --augment none"
             )
         raise BenchError(
-            f"method {self.name} does not train with --augment {augment}; "
-            f"use {' or '.join(self.augment_modes)}"
+            f"method {self.name} does not train with --augment {augment}; use {' or '.join(modes)}"
         )
 
     def _train_epoch(

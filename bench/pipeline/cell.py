@@ -189,7 +189,12 @@ class CellRunner:
         method = get_method_class(cell.method)(config["hparams"])
         protocol = config["protocol"]
         evaluation = CellEvaluation(
-            ctx.dataset, ctx.features, self.config.topk, ctx.tokens, protocol["precision"]
+            ctx.dataset,
+            ctx.features,
+            self.config.topk,
+            ctx.tokens,
+            protocol["precision"],
+            ctx.images,
         )
         history: list[dict[str, float]] = []
 
@@ -216,6 +221,7 @@ class CellRunner:
             name_cleaning=protocol["name_cleaning"],
             train_views=self._train_views(method, protocol, ctx, cell.seed),
             tokens=ctx.tokens,
+            images=ctx.images,
             extras={
                 "checkpoint_key": config_hash,
                 "checkpoint_keep": CHECKPOINTS_KEPT,

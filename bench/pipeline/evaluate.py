@@ -25,7 +25,8 @@ class CellEvaluation:
     """Scores a method on val/test, closed and open world, through the pure evaluator.
 
     A method is scored on the feature level it declares first in ``needs``: pooled features
-    (``features``) or image tokens (``tokens``). Under the ``precision`` "fp16" of the
+    (``features``), image tokens (``tokens``) or the images (``images``, encoded by the
+    method). Under the ``precision`` "fp16" of the
     protocol record, a CLIP-family method's scores are rounded to fp16 (``fp16_rounded``).
     """
 
@@ -36,10 +37,12 @@ class CellEvaluation:
         topk: int,
         tokens: Mapping[str, Any] | None = None,
         precision: str = "fp32",
+        images: Mapping[str, Any] | None = None,
     ) -> None:
         self.dataset = dataset
         self.features = features
         self.tokens = tokens or {}
+        self.images = images or {}
         self.topk = topk
         self.precision = precision
         self.seen = dataset.seen_pairs_ids()
@@ -47,9 +50,13 @@ class CellEvaluation:
         self.open_pairs = dataset.candidate_pairs("open")
 
     def inputs(self, method: Any, split: str) -> Any:
-        """What ``method.score`` gets for ``split``: pooled features or a token set."""
-        if method.needs[0] == "tokens":
+        """What ``method.score`` gets for ``split``: pooled features, a token set or the
+        split's images."""
+        level = method.input_level()
+        if level == "tokens":
             return self.tokens[split]
+        if level == "images":
+            return self.images[split]
         return self.features[split].features
 
     def scores(self, method: Any, split: str, pairs: np.ndarray) -> Iterable[np.ndarray]:

@@ -101,15 +101,10 @@ def cell_config(
         init_state: The ``--load-state`` state (recorded for methods that train).
     """
     from bench.methods import get_method_class
-    from bench.methods.base import resolve_hparams
 
-    hparams = resolve_hparams(cell.method, ctx.dataset.name)
-    overrides = {k: v for k, v in config.hparam_overrides.items() if k in hparams}
-    if config.epochs is not None and "epochs" in hparams:
-        overrides["epochs"] = config.epochs
-    hparams = resolve_hparams(cell.method, ctx.dataset.name, overrides)
+    hparams = cell_hparams(config, cell.method, ctx.dataset.name)
     method_class = get_method_class(cell.method)
-    protocol = method_protocol(ctx.protocol, method_class)
+    protocol = method_protocol(ctx.protocol, method_class, hparams)
     resolved: dict[str, Any] = {
         "method": cell.method,
         "dataset": cell.dataset,
@@ -145,10 +140,26 @@ def cell_config(
     return resolved
 
 
-def method_protocol(protocol: Protocol, method_class: Any) -> Protocol:
-    """The dataset's protocol as ``method_class`` runs it: a method that does not train, or
-    cannot train on augmented views, trains on (or needs) cached features only."""
-    modes = getattr(method_class, "augment_modes", ("none",))
+def cell_hparams(config: RunConfig, method: str, dataset_name: str) -> dict[str, Any]:
+    """The hyperparameters of ``method`` on ``dataset_name``: its card's values, then the
+    run's ``--hparam`` overrides the card defines, then ``--epochs``."""
+    from bench.methods.base import resolve_hparams
+
+    hparams = resolve_hparams(method, dataset_name)
+    overrides = {k: v for k, v in config.hparam_overrides.items() if k in hparams}
+    if config.epochs is not None and "epochs" in hparams:
+        overrides["epochs"] = config.epochs
+    return resolve_hparams(method, dataset_name, overrides)
+
+
+def method_protocol(
+    protocol: Protocol, method_class: Any, hparams: dict[str, Any] | None = None
+) -> Protocol:
+    """The dataset's protocol as ``method_class`` runs it (with ``hparams``): a method that
+    does not train, or cannot train on augmented views, trains on (or needs) cached features
+    only."""
+    modes_for = getattr(method_class, "augment_modes_for", None)
+    modes = modes_for(hparams or {}) if callable(modes_for) else ("none",)
     if method_class.trains and protocol.augment in modes:
         return protocol
     return replace(protocol, augment="none")

@@ -28,8 +28,9 @@ from bench.protocol import (
 @dataclass(frozen=True)
 class DatasetContext:
     """What every cell of one dataset shares: the dataset, backbone, cached features
-    (pooled always; image tokens when a method of the run needs them), the protocol and the
-    open-world feasibility word vectors it asks for.
+    (pooled always; image tokens when a method of the run needs them; the split's images for
+    methods that encode them live), the protocol and the open-world feasibility word vectors
+    it asks for.
 
     ``annotations`` are the dataset's higher-order annotations (None without the file) and
     ``annotation_features`` their images' features.
@@ -45,6 +46,7 @@ class DatasetContext:
     tokens: dict[str, Any] = field(default_factory=dict)
     annotations: tuple[Any, ...] | None = None
     annotation_features: Any = None
+    images: dict[str, Any] = field(default_factory=dict)
 
 
 def random_weights_warning(backbone: Any) -> str:
@@ -81,8 +83,9 @@ def prepare_dataset(
     from bench.backbones import load_backbone
     from bench.data.higher_order import SPLIT, load_annotations, with_annotation_split
     from bench.data.registry import open_dataset
-    from bench.features import extract_features, extract_tokens
+    from bench.features import ImageSet, extract_features, extract_tokens
     from bench.methods import get_method_class
+    from bench.pipeline.plan import cell_hparams
 
     dataset = open_dataset(spec, config.data_root, prepare=True)
     annotations = load_annotations(dataset)
@@ -122,8 +125,15 @@ def prepare_dataset(
                 split: extract_features(backbone, dataset, split, results_dir, console=console)
                 for split in DATA_SPLITS
             }
+            needs = {
+                level
+                for name in config.methods
+                for level in get_method_class(name).needs_for(
+                    cell_hparams(config, name, dataset.name)
+                )
+            }
             tokens = {}
-            if any("tokens" in get_method_class(name).needs for name in config.methods):
+            if "tokens" in needs:
                 tokens = {
                     split: extract_tokens(backbone, dataset, split, results_dir, console=console)
                     for split in DATA_SPLITS
@@ -137,6 +147,9 @@ def prepare_dataset(
         seconds = time.perf_counter() - start
     finally:
         lock.release()
+    images = {}
+    if "images" in needs:
+        images = {split: ImageSet.of_split(dataset, split) for split in DATA_SPLITS}
     cache_hit = all(f.cache_hit for f in [*features.values(), *tokens.values()])
     autocast = backbone.autocast_dtype
     protocol = build_protocol(
@@ -159,6 +172,7 @@ def prepare_dataset(
         tokens,
         annotations,
         annotation_features,
+        images,
     )
 
 
