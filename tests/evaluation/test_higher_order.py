@@ -64,6 +64,6 @@ def test_methods_without_triple_prompts_are_skipped() -> None:
     assert can_score_triples(_Oracle())
     for name in ("clip", "coop", "csp"):
         assert can_score_triples(get_method_class(name)({}))
-    for name in ("visprod", "compcos", "aop", "dfsp"):
+    for name in ("visprod", "compcos", "aop", "dfsp", "troika"):
         assert not can_score_triples(get_method_class(name)({}))
     assert "visprod" in skipped("visprod")["skipped"]

@@ -17,7 +17,7 @@ from bench.errors import BenchError
 from bench.methods import Method, get_method_class, method_names
 from bench.methods.csp import CSP
 
-BUILTIN = ["clip", "coop", "csp", "dfsp", "visprod", "compcos", "cge", "le+", "aop"]
+BUILTIN = ["clip", "coop", "csp", "dfsp", "troika", "visprod", "compcos", "cge", "le+", "aop"]
 REPO = Path(__file__).resolve().parents[2]
 
 
