@@ -28,6 +28,31 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _hparam_overrides(items: tuple[str, ...], methods: tuple[str, ...]) -> dict[str, str]:
+    """``--hparam KEY=VALUE`` items as a mapping; each key must be a hyperparameter of one of
+    ``methods``' cards (values are converted per card when cells are planned)."""
+    from bench.cards import load_card
+
+    known: set[str] = set()
+    for name in methods:
+        for table in load_card("methods", name).get("hparams", {}).values():
+            if isinstance(table, dict):
+                known.update(table)
+    overrides: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BenchError(f"--hparam {item!r}: use KEY=VALUE, e.g. --hparam adapters=false")
+        if key not in known:
+            raise BenchError(
+                f"--hparam {key}: no selected method ({', '.join(methods)}) has a "
+                f"hyperparameter {key!r}; see its card under methods/"
+            )
+        overrides[key] = value.strip()
+    return overrides
+
+
 @click.command("run")
 @click.option(
     "--methods", default="all", show_default=True, help="Comma-separated method names, or 'all'."
@@ -47,6 +72,14 @@ def _name_list(text: str) -> tuple[str, ...]:
 )
 @click.option(
     "--epochs", type=int, default=None, help="Override the card's epochs for training methods."
+)
+@click.option(
+    "--hparam",
+    "hparams",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a card hyperparameter for every selected method that defines it "
+    "(repeatable), e.g. --hparam adapters=false (Troika on cached image tokens).",
 )
 @click.option(
     "--data-root",
@@ -151,6 +184,7 @@ def run(
     seeds: str,
     backbone: str | None,
     epochs: int | None,
+    hparams: tuple[str, ...],
     data_root: Path | None,
     results_dir: Path,
     tracking_uri: str | None,
@@ -197,6 +231,7 @@ def run(
         seeds=_int_list("--seeds", seeds),
         backbone=backbone,
         epochs=epochs,
+        hparam_overrides=_hparam_overrides(hparams, method_list),
         data_root=data_root or default_data_root(),
         results_dir=results_dir,
         tracking_uri=tracking_uri,
