@@ -28,7 +28,7 @@ def test_published_csv_ships_the_csp_paper_numbers() -> None:
     path = report.published_path()
     assert path.name == "published.csv" and path.parent.name == "results"
     published = report.load_published()
-    frame = published[published["method"] != "dfsp"]
+    frame = published[~published["method"].isin(["dfsp", "troika"])]
     assert len(frame) == 18
     assert set(frame["backbone"]) == {PAPER_BACKBONE} and set(frame["split"]) == {"test"}
     assert set(frame["dataset"]) == {"mit-states", "ut-zappos", "cgqa"}
@@ -56,6 +56,20 @@ def test_published_csv_ships_dfsp_t2i_with_its_source() -> None:
     row = frame[(frame.dataset == "cgqa") & (frame.setting == "ow")].iloc[0]
     assert (row.S, row.U, row.HM, row.AUC) == (38.3, 7.2, 10.4, 2.4)
     assert frame["citation"].str.contains("CVPR 2023").all()
+    assert frame["source"].str.contains("Qu et al. \\(ICLR 2025\\)").all()
+
+
+def test_published_csv_ships_troika_with_its_source() -> None:
+    published = report.load_published()
+    frame = published[published["method"] == "troika"]
+    assert len(frame) == 6 and set(frame["setting"]) == {"cw", "ow"}
+    assert set(frame["dataset"]) == {"mit-states", "ut-zappos", "cgqa"}
+    assert set(frame["backbone"]) == {PAPER_BACKBONE}
+    row = frame[(frame.dataset == "mit-states") & (frame.setting == "cw")].iloc[0]
+    assert (row.S, row.U, row.HM, row.AUC) == (49.0, 53.0, 39.3, 22.1)
+    row = frame[(frame.dataset == "cgqa") & (frame.setting == "ow")].iloc[0]
+    assert (row.S, row.U, row.HM, row.AUC) == (40.8, 7.9, 10.9, 2.7)
+    assert frame["citation"].str.contains("CVPR 2024").all()
     assert frame["source"].str.contains("Qu et al. \\(ICLR 2025\\)").all()
 
 
@@ -119,8 +133,8 @@ def test_compare_with_paper_says_why_not(tmp_path: Path) -> None:
         in notes
     )
     assert (
-        "no paper numbers for method visprod on ut-zappos (the paper reports clip, coop, csp, dfsp)"
-        in notes
+        "no paper numbers for method visprod on ut-zappos "
+        "(the paper reports clip, coop, csp, dfsp, troika)" in notes
     )
     with pytest.raises(BenchError, match="nothing to compare"):
         report.render_comparison(comparison, "latex")
