@@ -30,14 +30,12 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 def _hparam_overrides(items: tuple[str, ...], methods: tuple[str, ...]) -> dict[str, str]:
     """``--hparam KEY=VALUE`` items as a mapping; each key must be a hyperparameter of one of
-    ``methods``' cards (values are converted per card when cells are planned)."""
-    from bench.cards import load_card
+    ``methods``' cards, and its value must convert to the card's type (checked now, before
+    any work; converted per card again when cells are planned)."""
+    from bench.methods.base import resolve_hparams
 
-    known: set[str] = set()
-    for name in methods:
-        for table in load_card("methods", name).get("hparams", {}).values():
-            if isinstance(table, dict):
-                known.update(table)
+    defaults = {name: resolve_hparams(name, "default") for name in methods}
+    known = {key for table in defaults.values() for key in table}
     overrides: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -50,6 +48,9 @@ def _hparam_overrides(items: tuple[str, ...], methods: tuple[str, ...]) -> dict[
                 f"hyperparameter {key!r}; see its card under methods/"
             )
         overrides[key] = value.strip()
+        for name, table in defaults.items():
+            if key in table:
+                resolve_hparams(name, "default", {key: overrides[key]})
     return overrides
 
 

@@ -251,6 +251,9 @@ def test_epochs_zero_csp_and_coop_equal_clip_on_every_metric(tiny_root, tmp_path
         (["--seeds", "-1"], "--seeds"),
         (["--seeds", "a,b"], "--seeds"),
         (["--epochs", "-2"], "--epochs"),
+        (["--methods", "clip", "--hparam", "adapters=false"], "--hparam adapters"),
+        (["--methods", "troika", "--hparam", "adapters"], "KEY=VALUE"),
+        (["--methods", "troika", "--hparam", "adapters=maybe"], "adapters"),
     ],
 )
 def test_bad_run_options_give_one_line(args, message, tmp_path):
@@ -451,3 +454,27 @@ def test_a_method_on_image_tokens_runs_through_the_pipeline(tiny_root, tmp_path)
     arrays = sorted((tmp_path / "cache" / "features").rglob("*-tokens.npy"))
     assert len(arrays) == 3 and np.load(arrays[0], mmap_mode="r").dtype == np.float16
     assert run_local(RunConfig(**{**config.__dict__, "rerun": True}))[1].result["feature_cache_hit"]
+
+
+@pytest.mark.slow
+def test_troika_runs_live_and_on_tokens_through_the_pipeline(tiny_root, tmp_path):
+    """Live images with adapters (augmented views under --augment paper), and with
+    ``--hparam adapters=false`` on cached tokens only; both worlds are scored."""
+    common = ["--methods", "troika", "--datasets", "synthetic-tiny", "--seeds", "0"]
+    common += ["--backbone", "tiny-random", "--epochs", "1", "--data-root", str(tiny_root)]
+    common += ["--results-dir", str(tmp_path), "--no-mlflow"]
+    _run([*common, "--augment", "paper"])
+    _run([*common, "--hparam", "adapters=false"])
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("runs/*/troika/*.json"))]
+    by_adapters = {r["config"]["hparams"]["adapters"]: r for r in results}
+    assert set(by_adapters) == {True, False}
+    live, cached = by_adapters[True], by_adapters[False]
+    assert live["config"]["augment"] == "paper" and live["fit"]["augment"] == "paper"
+    assert cached["config"]["augment"] == "none"  # tokens are un-augmented
+    for result in (live, cached):
+        assert result["status"] == "complete" and result["fit"]["epochs_run"] == 1
+        for split in ("val", "test"):
+            for world in ("cw", "ow"):
+                assert 0.0 <= result["metrics"][split][world]["auc"] <= 1.0
+    # only the adapter-free run needed image tokens: they were cached once, for it
+    assert len(sorted((tmp_path / "cache" / "features").rglob("*-tokens.npy"))) == 3

@@ -82,20 +82,22 @@ def test_ray_grid_matches_local_executor(ray_grid: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_a_method_on_image_tokens_runs_on_ray_like_locally(
-    ray_session: Any, tiny_root: Path, tmp_path: Path
+@pytest.mark.parametrize("method", ["dfsp", "troika"])
+def test_a_method_on_image_tokens_or_live_images_runs_on_ray_like_locally(
+    ray_session: Any, tiny_root: Path, tmp_path: Path, method: str
 ) -> None:
     """DFSP needs cached image tokens: the prepare task extracts them, the cell task reads
-    them, and both worlds' numbers equal the local executor's."""
-    settings = {"methods": ("dfsp",), "seeds": (0,)}
+    them. Troika encodes the images live with its adapters in the cell task. Both worlds'
+    numbers equal the local executor's."""
+    settings = {"methods": (method,), "seeds": (0,)}
     local_config = grid_config(tiny_root, tmp_path / "local", **settings)
     local = LocalExecutor(local_config, quiet_events(local_config)).run()
     config = grid_config(tiny_root, tmp_path / "ray", **settings)
     outcomes = RayExecutor(config, quiet_events(config)).run()
     assert [o.status for o in outcomes] == ["done"]
     assert set(outcomes[0].result["metrics"]["test"]) == {"cw", "ow"}
-    # A Ray worker runs torch on its 1 CPU, the local run on 2: DFSP's attention sums in
-    # another order, so biases differ in the 6th decimal; the headline metrics must not.
+    # A Ray worker runs torch on its 1 CPU, the local run on 2: attention sums in another
+    # order, so biases differ in the 6th decimal; the headline metrics must not.
     ray_metrics, local_metrics = outcomes[0].result["metrics"], local[0].result["metrics"]
     for split, worlds in local_metrics.items():
         for world, block in worlds.items():
