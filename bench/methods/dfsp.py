@@ -38,7 +38,7 @@ from bench.methods.base import FitContext
 from bench.methods.clip_family import autocast_context, device_generator, normalize
 from bench.methods.csp import CSP
 from bench.methods.scoring import as_pair_tensor, block_rows
-from bench.methods.training import shuffled_batches, train_pair_labels
+from bench.methods.training import shuffled_batches, step_lr, train_pair_labels
 from bench.prefix_text import PromptRows
 
 #: Dropout of the official fusion module (after the context map and inside the MLPs).
@@ -328,11 +328,7 @@ class DFSP(CSP):
         self, optimizer: torch.optim.Optimizer
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
         """StepLR(``lr_step_size``, ``lr_gamma``), stepped after every epoch (official)."""
-        return torch.optim.lr_scheduler.StepLR(
-            optimizer,
-            step_size=int(self.hparams["lr_step_size"]),
-            gamma=float(self.hparams["lr_gamma"]),
-        )
+        return step_lr(optimizer, self.hparams)
 
     def training_losses(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """The three official loss terms of a batch (unweighted)."""

@@ -105,6 +105,16 @@ def shuffled_batches(
         yield tuple(tensor[index] for tensor in tensors)
 
 
+def step_lr(
+    optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any]
+) -> torch.optim.lr_scheduler.StepLR:
+    """StepLR(``lr_step_size``, ``lr_gamma``) of ``hparams`` (DFSP's and Troika's official
+    schedule; the loop steps it after every epoch)."""
+    return torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=int(hparams["lr_step_size"]), gamma=float(hparams["lr_gamma"])
+    )
+
+
 class TrainableMethod(Method):
     """Base of the methods that train: the shared ``fit`` loop (see the module doc)."""
 
