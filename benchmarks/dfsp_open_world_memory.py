@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from token_memory import peak_rss_mb, random_tokens
 
 from bench.backbones import load_backbone
 from bench.data.synthetic import plan_synthetic
@@ -36,23 +36,6 @@ from bench.features import TokenSet
 from bench.methods import FitContext, get_method_class
 from bench.methods.base import resolve_hparams
 from bench.methods.scoring import block_rows
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident set size so far, in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def random_tokens(folder: Path, n: int, shape: tuple[int, int], seed: int) -> Path:
-    """An (n, T, width) fp16 ``.npy`` of random tokens, written in chunks."""
-    path = folder / "tokens.npy"
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, *shape))
-    rng = np.random.default_rng(seed)
-    for start in range(0, n, 512):
-        stop = min(n, start + 512)
-        array[start:stop] = rng.standard_normal((stop - start, *shape), dtype=np.float32)
-    array.flush()
-    return path
 
 
 def main() -> None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "csp_cached_vs_reencode.py"
-
 
 @pytest.mark.slow
-def test_benchmark_times_every_variant_and_saves_its_report(tiny_root: Path, tmp_path: Path):
-    spec = importlib.util.spec_from_file_location("csp_cached_vs_reencode", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+def test_benchmark_times_every_variant_and_saves_its_report(
+    tiny_root: Path, tmp_path: Path, load_benchmark
+):
+    benchmark = load_benchmark("csp_cached_vs_reencode")
     out = tmp_path / "report.json"
     report = benchmark.main(
         ["--data-root", str(tiny_root), "--epochs-timed", "1", "--device", "cpu", "--out", str(out)]
