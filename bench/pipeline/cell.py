@@ -195,6 +195,7 @@ class CellRunner:
             ctx.tokens,
             protocol["precision"],
             ctx.images,
+            spill_path=path.parent / f".{path.name}.val-ow-scores.tmp",
         )
         history: list[dict[str, float]] = []
 
@@ -236,11 +237,13 @@ class CellRunner:
         fit_seconds = time.perf_counter() - fit_start
 
         eval_start = time.perf_counter()
-        metrics, feasibility = evaluation.evaluate_all(
-            method,
-            ctx.word_vectors,
-            protocol["feasibility"]["filter"] or "off",
-        )
+        with writing(path.parent):  # the open-world val scores may be spilled there
+            path.parent.mkdir(parents=True, exist_ok=True)
+            metrics, feasibility = evaluation.evaluate_all(
+                method,
+                ctx.word_vectors,
+                protocol["feasibility"]["filter"] or "off",
+            )
         higher_order = self._higher_order(method, ctx, cell.label)
         eval_seconds = time.perf_counter() - eval_start
         write_artifacts(path, cell, metrics, method.trainable_state())

@@ -6,7 +6,10 @@ by feasibility when word vectors are given.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import contextlib
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,11 @@ class CellEvaluation:
     (``features``), image tokens (``tokens``) or the images (``images``, encoded by the
     method). Under the ``precision`` "fp16" of the
     protocol record, a CLIP-family method's scores are rounded to fp16 (``fp16_rounded``).
+
+    CSP's feasibility threshold search (``csp-multiply``) reads the open-world val scores
+    once per threshold (50). A method scored on tokens or images (whose scoring runs an image
+    side per image and pair) is scored once into a float32 memory map at ``spill_path`` that
+    is replayed instead, when the disk has room; the values are the same.
     """
 
     def __init__(
@@ -38,8 +46,10 @@ class CellEvaluation:
         tokens: Mapping[str, Any] | None = None,
         precision: str = "fp32",
         images: Mapping[str, Any] | None = None,
+        spill_path: Path | None = None,
     ) -> None:
         self.dataset = dataset
+        self.spill_path = spill_path
         self.features = features
         self.tokens = tokens or {}
         self.images = images or {}
@@ -67,6 +77,42 @@ class CellEvaluation:
         if self.precision == "fp16" and isinstance(method, ClipFamilyMethod):
             return fp16_rounded(blocks)
         return blocks
+
+    @contextlib.contextmanager
+    def replayable(
+        self, method: Any, split: str, pairs: np.ndarray
+    ) -> Iterator[Callable[[], Iterable[np.ndarray]]]:
+        """A callable giving ``split``'s score blocks over ``pairs`` as often as needed:
+        re-scoring for a method on pooled features (cheap), else one scoring pass spilled to
+        ``spill_path`` (float32, removed afterwards) and replayed; re-scoring when there is
+        no spill path or too little free disk."""
+        n_images = len(self.features[split].attr_idx)
+        size = n_images * len(pairs) * 4
+        folder = self.spill_path.parent if self.spill_path is not None else None
+        if (
+            method.input_level() == "pooled"
+            or folder is None
+            or not folder.is_dir()
+            or shutil.disk_usage(folder).free < 2 * size
+        ):
+            yield lambda: self.scores(method, split, pairs)
+            return
+        from bench.methods.scoring import block_rows
+
+        assert self.spill_path is not None
+        array = np.lib.format.open_memmap(
+            self.spill_path, mode="w+", dtype=np.float32, shape=(n_images, len(pairs))
+        )
+        try:
+            start = 0
+            for block in self.scores(method, split, pairs):
+                array[start : start + len(block)] = block
+                start += len(block)
+            array.flush()
+            rows = block_rows(1024, len(pairs))
+            yield lambda: (np.asarray(array[i : i + rows]) for i in range(0, n_images, rows))
+        finally:  # the mapping closes with ``array``; the name goes now
+            self.spill_path.unlink(missing_ok=True)
 
     def _labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         fs = self.features[split]
@@ -97,9 +143,7 @@ class CellEvaluation:
         """Every split x world; open world calibrated by feasibility when vectors are given."""
         from bench.evaluation import evaluate_scores
         from bench.evaluation.feasibility import (
-            csp_multiply,
             feasibility_scores,
-            feasible_mask,
             seen_columns,
             select_threshold,
         )
@@ -108,62 +152,73 @@ class CellEvaluation:
         for split in EVAL_SPLITS:
             metrics[split]["cw"] = self.closed_world(method, split)
         pairs = self.open_pairs
-        feasibility_info = None
         if word_vectors is None or feasibility_mode == "off":
             for split in EVAL_SPLITS:
-                attr, obj = self._labels(split)
                 metrics[split]["ow"] = evaluate_scores(
                     self.scores(method, split, pairs),
-                    attr,
-                    obj,
+                    *self._labels(split),
                     pairs,
                     self.seen,
                     None,
                     self.topk,
                 )
-            return metrics, feasibility_info
+            return metrics, None
         attr_vectors, obj_vectors = word_vectors.vectors_for(self.dataset)
         feasibility = feasibility_scores(pairs, self.seen, attr_vectors, obj_vectors)
         seen = seen_columns(pairs, self.seen)
-        attr, obj = self._labels("val")
-        selection = select_threshold(
-            lambda: self.scores(method, "val", pairs),
-            attr,
-            obj,
-            pairs,
-            self.seen,
-            feasibility,
-            mode=feasibility_mode,
-            topk=self.topk,
-        )
-        threshold = selection["threshold"]
+        with self.replayable(method, "val", pairs) as val_scores:
+            selection = select_threshold(
+                val_scores,
+                *self._labels("val"),
+                pairs,
+                self.seen,
+                feasibility,
+                mode=feasibility_mode,
+                topk=self.topk,
+            )
+            threshold = selection["threshold"]
+            metrics["val"]["ow"] = self._calibrated(
+                val_scores(), "val", pairs, feasibility, seen, threshold, feasibility_mode
+            )
+        for split in EVAL_SPLITS:
+            if split != "val":
+                metrics[split]["ow"] = self._calibrated(
+                    self.scores(method, split, pairs),
+                    split,
+                    pairs,
+                    feasibility,
+                    seen,
+                    threshold,
+                    feasibility_mode,
+                )
         feasibility_info = {
             "mode": feasibility_mode,
             "threshold": threshold,
             "val_auc_at_threshold": selection["val_auc"],
             "source": getattr(word_vectors, "description", str(word_vectors)),
         }
-        for split in EVAL_SPLITS:
-            attr, obj = self._labels(split)
-            blocks = self.scores(method, split, pairs)
-            if threshold is None:
-                metrics[split]["ow"] = evaluate_scores(
-                    blocks, attr, obj, pairs, self.seen, None, self.topk
-                )
-            elif feasibility_mode == "mask":
-                mask = feasible_mask(feasibility, seen, threshold)
-                metrics[split]["ow"] = evaluate_scores(
-                    blocks, attr, obj, pairs, self.seen, mask, self.topk
-                )
-            else:
-                metrics[split]["ow"] = evaluate_scores(
-                    csp_multiply(blocks, feasibility, seen, threshold),
-                    attr,
-                    obj,
-                    pairs,
-                    self.seen,
-                    None,
-                    self.topk,
-                )
-            metrics[split]["ow"]["feasibility_threshold"] = threshold
         return metrics, feasibility_info
+
+    def _calibrated(
+        self,
+        blocks: Iterable[np.ndarray],
+        split: str,
+        pairs: np.ndarray,
+        feasibility: np.ndarray,
+        seen: np.ndarray,
+        threshold: float | None,
+        mode: str,
+    ) -> dict[str, Any]:
+        """Open-world metrics of ``split`` with the chosen feasibility threshold applied."""
+        from bench.evaluation import evaluate_scores
+        from bench.evaluation.feasibility import csp_multiply, feasible_mask
+
+        attr, obj = self._labels(split)
+        mask = None
+        if threshold is not None and mode == "mask":
+            mask = feasible_mask(feasibility, seen, threshold)
+        elif threshold is not None:
+            blocks = csp_multiply(blocks, feasibility, seen, threshold)
+        result = evaluate_scores(blocks, attr, obj, pairs, self.seen, mask, self.topk)
+        result["feasibility_threshold"] = threshold
+        return result

@@ -63,3 +63,49 @@ def test_cell_evaluation_rounds_clip_family_scores_under_fp16(
     evaluation = CellEvaluation(_Dataset(), features, topk=1, precision=precision)
     metrics = evaluation.closed_world(_scored(method_name), "val")
     assert metrics["closed_acc"] == closed_acc
+
+
+class _WordVectors:
+    """Attribute and object vectors giving the unseen pairs distinct feasibilities."""
+
+    description = "test vectors"
+
+    def vectors_for(self, dataset: object) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([[1.0, 0.1], [0.1, 1.0]])
+
+
+def _token_method(calls: list[str]) -> object:
+    """A method scored on tokens whose scores are fixed random numbers; counts its passes."""
+    method = get_method_class("clip")({})
+    method.input_level = lambda: "tokens"
+    rng = np.random.default_rng(0)
+    table = {
+        split: rng.normal(size=(5, len(PAIRS))).astype(np.float32) for split in ("val", "test")
+    }
+
+    def score(inputs: object, pairs: np.ndarray) -> object:
+        calls.append(inputs)
+        return iter([table[inputs][:3], table[inputs][3:]])
+
+    method.score = score
+    return method
+
+
+@pytest.mark.parametrize("mode", ["csp-multiply", "mask"])
+def test_expensive_open_world_val_scores_are_spilled_once_and_replayed(tmp_path, mode: str) -> None:
+    labels = SimpleNamespace(attr_idx=np.array([0, 0, 1, 1, 0]), obj_idx=np.array([1, 0, 0, 1, 1]))
+    features = {"val": labels, "test": labels}
+    tokens = {"val": "val", "test": "test"}
+    results = {}
+    for spill in (None, tmp_path / ".cell.json.val-ow-scores.tmp"):
+        calls: list[str] = []
+        evaluation = CellEvaluation(_Dataset(), features, 1, tokens, spill_path=spill)
+        results[spill is None] = evaluation.evaluate_all(_token_method(calls), _WordVectors(), mode)
+        ow_val_passes = calls.count("val") - 1  # one closed-world pass
+        if spill is None:
+            assert ow_val_passes > 2 if mode == "csp-multiply" else ow_val_passes == 2
+        else:
+            assert ow_val_passes == 1  # scored once, replayed for every threshold
+            assert not spill.exists()  # removed afterwards
+    assert results[True] == results[False]
+    assert results[True][1]["threshold"] is not None
