@@ -307,3 +307,26 @@ def test_a_last_batch_of_one_image_joins_the_one_before(
     )
     sizes = [b[0].shape[0] for b in method.epoch_batches(torch.Generator().manual_seed(0))]
     assert sizes == [n]
+
+
+def test_untrained_pair_path_without_traction_is_csp_before_training(
+    tiny_dataset: CZSLDataset, inputs: Any
+) -> None:
+    """With lambda at 0 the pair path is CSP's prompt "a photo of [attr] [obj]" with the
+    frozen "a photo of" context: untrained, its logits are CSP's before training."""
+    method, _, _ = _fit(tiny_dataset, inputs, augment="none", adapters=False, epochs=0)
+    assert method.heads is not None
+    with torch.no_grad():
+        method.heads.traction.lamda.zero_()
+    csp = get_method_class("csp")(resolve_hparams("csp", tiny_dataset.name))
+    csp.prepare(
+        FitContext(dataset=tiny_dataset, backbone=backbone(), features={}, hparams={}, seed=0)
+    )
+    pairs = tiny_dataset.candidate_pairs("closed")
+    tokens: TokenSet = inputs["tokens"]["test"]
+    with torch.no_grad():
+        logits = method._all_logits(tokens.rows(slice(None)), method.candidate_texts(pairs))
+        # the same (fp16-cached) tokens pooled the backbone's way
+        pooled = backbone().pool_image_tokens(tokens.rows(slice(None)))
+    expected = np.concatenate(list(csp.score(pooled, pairs)))
+    np.testing.assert_allclose(logits["pair"].numpy(), expected, rtol=1e-5, atol=1e-5)
