@@ -354,11 +354,20 @@ class Troika(CSP):
     def _path_logits(
         self, feature: torch.Tensor, text: torch.Tensor, tokens: torch.Tensor
     ) -> torch.Tensor:
-        """``logit_scale * cos(image feature, traction(text, tokens))``: (b, K)."""
-        assert self.heads is not None
-        pulled = self.heads.traction(text, tokens)
+        """``logit_scale * cos(image feature, traction(text, tokens))``: (b, K), the traction
+        over chunks of at most ``TRACTION_ROWS`` (image, text) rows (each text query attends
+        on its own, so chunks change nothing but memory)."""
+        heads = self.heads
+        assert heads is not None
         scale = float(self._require_setup().logit_scale)
-        return scale * torch.einsum("bd,bkd->bk", feature, pulled.float())
+        chunk = max(1, TRACTION_ROWS // max(1, feature.shape[0]))
+        return torch.cat(
+            [
+                scale * torch.einsum("bd,bkd->bk", feature, heads.traction(part, tokens).float())
+                for part in text.split(chunk)
+            ],
+            dim=1,
+        )
 
     def _all_logits(
         self, tokens: torch.Tensor, texts: Mapping[str, torch.Tensor]
@@ -494,25 +503,12 @@ class Troika(CSP):
         rows = block_rows(block_size, max(1, len(pairs)))
         for batch in self._image_batches(image_features, rows):
             with torch.no_grad(), autocast_context(backbone):
-                features, normed = self._image_side(self._image_tokens(batch))
-                primitive = {
-                    path: F.softmax(
-                        self._path_logits(features[path], texts[path], normed[i]), dim=-1
-                    )
-                    for i, path in enumerate(PATHS)
-                    if path != "pair"
-                }
-                chunk = max(1, TRACTION_ROWS // max(1, batch.shape[0]))
-                pair_logits = torch.cat(
-                    [
-                        self._path_logits(features["pair"], part, normed[0])
-                        for part in texts["pair"].split(chunk)
-                    ],
-                    dim=1,
-                )
-            attr = self._inference_factor(primitive["attr"][:, pair_ids[:, 0]], weights["attr"])
-            obj = self._inference_factor(primitive["obj"][:, pair_ids[:, 1]], weights["obj"])
-            scores = pair_logits * weights["pair"] + attr * obj
+                logits = self._all_logits(self._image_tokens(batch), texts)
+            attr = F.softmax(logits["attr"], dim=-1)[:, pair_ids[:, 0]]
+            obj = F.softmax(logits["obj"], dim=-1)[:, pair_ids[:, 1]]
+            scores = logits["pair"] * weights["pair"] + self._inference_factor(
+                attr, weights["attr"]
+            ) * self._inference_factor(obj, weights["obj"])
             yield scores.float().cpu().numpy()
 
 
