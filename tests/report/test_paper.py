@@ -196,3 +196,24 @@ def test_compare_only_matching_rows(grid: Path) -> None:
         "no paper numbers for backbone ViT-B-32:openai; the paper used ViT-L-14:openai"
     ]
     assert "csp (ViT-L-14:openai)" in set(comparison["label"])
+
+
+def test_compare_with_paper_covers_troika(tmp_path: Path) -> None:
+    protocol = build_protocol("paper", device="cuda", autocast="float16")
+    for seed in (0, 1):
+        record = protocol.as_record("troika", True)
+        write_result(
+            tmp_path,
+            make_result("troika", "cgqa", seed, {"cw": (40.0, 35.0, 29.0, 12.0)}, protocol=record),
+        )
+    comparison, notes = report.compare_with_paper(report.aggregate(report.load_records(tmp_path)))
+    rows = comparison.set_index("world")
+    assert rows.loc["cw", "AUC_paper"] == 12.4 and rows.loc["ow", "AUC_paper"] == 2.7
+    assert rows.loc["cw", "AUC_mean"] == pytest.approx(12.0)
+    assert rows.loc["cw", "source"].startswith("Huang et al. (CVPR 2024)")
+    # Troika is not in the CSP paper, whose protocol the deltas need: shown, marked, no delta
+    assert np.isnan(rows.loc["cw", "AUC_delta"])
+    assert notes == [
+        "troika on cgqa: not the paper's protocol, so no difference is shown "
+        "(method troika is not in the CSP paper)"
+    ]
