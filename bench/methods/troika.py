@@ -62,6 +62,8 @@ N_CONTEXT = 3
 DISENTANGLER_DROPOUT = 0.5
 #: Most (image, text) rows the traction layers process at once when scoring.
 TRACTION_ROWS = 1 << 15
+#: Image-encoder width from which live training on the CPU gets a note (ViT-B/32: 768).
+LARGE_ENCODER_WIDTH = 512
 #: The paths, in the official order (it sets how often the token LayerNorm is applied).
 PATHS: tuple[str, ...] = ("pair", "attr", "obj")
 
@@ -400,6 +402,14 @@ class Troika(CSP):
             torch.as_tensor(source.obj_idx),
         )
         self._dropout_generator = device_generator(ctx.seed, backbone.device)
+        blocks, width = backbone.image_blocks() if self.adapters is not None else (0, 0)
+        if backbone.device.type == "cpu" and width >= LARGE_ENCODER_WIDTH:
+            note = ctx.extras.get("note", lambda message: None)
+            note(
+                f"Troika trains through the {blocks}-block image encoder on every step (live "
+                "adapters); on the CPU that takes very long. --hparam adapters=false trains on "
+                "cached image tokens instead"
+            )
 
     def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         """(images or tokens, pair labels, attr labels, obj labels), shuffled.

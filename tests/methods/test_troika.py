@@ -330,3 +330,24 @@ def test_untrained_pair_path_without_traction_is_csp_before_training(
         pooled = backbone().pool_image_tokens(tokens.rows(slice(None)))
     expected = np.concatenate(list(csp.score(pooled, pairs)))
     np.testing.assert_allclose(logits["pair"].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_live_training_on_the_cpu_with_a_large_encoder_gets_a_note(
+    tiny_dataset: CZSLDataset, inputs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notes: list[str] = []
+    method, _, _ = _fit(tiny_dataset, inputs, epochs=0)
+    context = FitContext(
+        dataset=tiny_dataset,
+        backbone=backbone(),
+        features={},
+        images=inputs["images"],
+        hparams={},
+        seed=0,
+        extras={"note": notes.append},
+    )
+    method.start_training(context)
+    assert notes == []  # tiny-random: width 64
+    monkeypatch.setattr(troika_module, "LARGE_ENCODER_WIDTH", 64)
+    method.start_training(context)
+    assert len(notes) == 1 and "--hparam adapters=false" in notes[0]
