@@ -87,6 +87,13 @@ def _fit(
     return method, method.fit(ctx), losses
 
 
+def _context(dataset: CZSLDataset, **given: Any) -> FitContext:
+    """A bare fit context for the hooks (``start_training``...) with ``given`` inputs."""
+    return FitContext(
+        dataset=dataset, backbone=backbone(), features={}, hparams={}, seed=0, **given
+    )
+
+
 def _scores(method: Troika, inputs: dict[str, dict[str, Any]], pairs: np.ndarray) -> np.ndarray:
     return np.concatenate(list(method.score(_source(method, inputs, "test"), pairs)))
 
@@ -199,9 +206,7 @@ def test_troika_learns_and_resumes_exactly_without_touching_the_encoder(
     # the saved state (adapters included) restores the same scores in a fresh method
     fresh = get_method_class("troika")(reference.hparams)
     fresh.load_trainable_state(state)
-    fresh.prepare(
-        FitContext(dataset=tiny_dataset, backbone=backbone(), features={}, hparams={}, seed=0)
-    )
+    fresh.prepare(_context(tiny_dataset))
     np.testing.assert_array_equal(_scores(fresh, inputs, pairs), _scores(reference, inputs, pairs))
 
 
@@ -254,16 +259,7 @@ def test_loss_is_the_weighted_sum_of_the_three_paths(
     tiny_dataset: CZSLDataset, inputs: Any
 ) -> None:
     method, _, _ = _fit(tiny_dataset, inputs, epochs=0, attr_loss_weight=0.1, obj_loss_weight=0.25)
-    method.start_training(
-        FitContext(
-            dataset=tiny_dataset,
-            backbone=backbone(),
-            features={},
-            images=inputs["images"],
-            hparams={},
-            seed=0,
-        )
-    )
+    method.start_training(_context(tiny_dataset, images=inputs["images"]))
     method.start_epoch(1)
     batch = next(iter(method.epoch_batches(torch.Generator().manual_seed(0))))
     method.finish_epoch(1)  # eval mode: no dropout, so both calls see the same network
@@ -295,16 +291,7 @@ def test_a_last_batch_of_one_image_joins_the_one_before(
     method, _, _ = _fit(
         tiny_dataset, inputs, augment="none", adapters=False, epochs=0, batch_size=n - 1
     )
-    method.start_training(
-        FitContext(
-            dataset=tiny_dataset,
-            backbone=backbone(),
-            features={},
-            tokens=inputs["tokens"],
-            hparams={},
-            seed=0,
-        )
-    )
+    method.start_training(_context(tiny_dataset, tokens=inputs["tokens"]))
     sizes = [b[0].shape[0] for b in method.epoch_batches(torch.Generator().manual_seed(0))]
     assert sizes == [n]
 
@@ -319,9 +306,7 @@ def test_untrained_pair_path_without_traction_is_csp_before_training(
     with torch.no_grad():
         method.heads.traction.lamda.zero_()
     csp = get_method_class("csp")(resolve_hparams("csp", tiny_dataset.name))
-    csp.prepare(
-        FitContext(dataset=tiny_dataset, backbone=backbone(), features={}, hparams={}, seed=0)
-    )
+    csp.prepare(_context(tiny_dataset))
     pairs = tiny_dataset.candidate_pairs("closed")
     tokens: TokenSet = inputs["tokens"]["test"]
     with torch.no_grad():
@@ -337,15 +322,7 @@ def test_live_training_on_the_cpu_with_a_large_encoder_gets_a_note(
 ) -> None:
     notes: list[str] = []
     method, _, _ = _fit(tiny_dataset, inputs, epochs=0)
-    context = FitContext(
-        dataset=tiny_dataset,
-        backbone=backbone(),
-        features={},
-        images=inputs["images"],
-        hparams={},
-        seed=0,
-        extras={"note": notes.append},
-    )
+    context = _context(tiny_dataset, images=inputs["images"], extras={"note": notes.append})
     method.start_training(context)
     assert notes == []  # tiny-random: width 64
     monkeypatch.setattr(troika_module, "LARGE_ENCODER_WIDTH", 64)
