@@ -559,20 +559,13 @@ class TrainViews:
         if self._checked_disk:
             return
         per_epoch = n_images * int(self.backbone.embed_dim) * 2
-        folder.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(folder).free
+        free = require_free_space(folder, per_epoch, "the augmented views of one epoch")
         self.console.print(
             f"augmented-view cache: {n_images:,} images x {self.backbone.embed_dim} fp16 = "
             f"{per_epoch / 1e6:,.1f} MB per epoch in {folder} ({free / 1e9:,.1f} GB free)",
             markup=False,
             highlight=False,
         )
-        if free < per_epoch:
-            raise BenchError(
-                f"disk full: the augmented views of one epoch need {per_epoch / 1e6:,.1f} MB "
-                f"but {folder} has {free / 1e6:,.1f} MB free; nothing was written. Free space "
-                "or use another --results-dir, then rerun"
-            )
         self._checked_disk = True
 
 
@@ -718,6 +711,24 @@ def image_token_shape(backbone: Any) -> tuple[int, int]:
     return backbone.image_token_shape()
 
 
+def require_free_space(folder: Path, size: int, what: str) -> int:
+    """Create ``folder`` and return its free bytes; refuse (one line, nothing written) when
+    ``what`` needs ``size`` bytes more than that.
+
+    Raises:
+        BenchError: The disk is too full.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if size > free:
+        raise BenchError(
+            f"disk full: {what} need {_human_bytes(size)} but {folder} has "
+            f"{_human_bytes(free)} free; free disk space or use another --results-dir, then "
+            "rerun (nothing was written)"
+        )
+    return free
+
+
 def _human_bytes(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if size < 1000 or unit == "TB":
@@ -799,13 +810,7 @@ def extract_tokens(
 
     size = int(np.prod(shape)) * 2
     folder = array_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if size > free:
-        raise BenchError(
-            f"image tokens of {dataset.name}/{split} need {_human_bytes(size)} but {folder} "
-            f"has {_human_bytes(free)} free; free disk space or use another --results-dir"
-        )
+    require_free_space(folder, size, f"image tokens of {dataset.name}/{split}")
     console.print(
         f"image tokens {dataset.name}/{split}: {shape[0]} x {n_tokens} x {width} fp16 = "
         f"{_human_bytes(size)} in {folder}",

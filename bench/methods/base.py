@@ -128,8 +128,8 @@ class Method(abc.ABC):
         """Yield float32 score blocks of shape (n_i, P), in image order.
 
         Args:
-            image_features: (N, D) features of the images to score (a ``TokenSet`` for a
-                method whose ``needs`` start with "tokens").
+            image_features: (N, D) features of the images to score (a ``TokenSet`` or an
+                ``ImageSet`` for a method whose ``needs`` start with "tokens" or "images").
             pairs: (P, 2) int array of (attr_id, obj_id) candidates.
             block_size: Rows per yielded block.
         """
