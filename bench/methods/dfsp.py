@@ -38,7 +38,7 @@ from bench.methods.base import FitContext
 from bench.methods.clip_family import autocast_context, device_generator, normalize
 from bench.methods.csp import CSP
 from bench.methods.scoring import as_pair_tensor, block_rows
-from bench.methods.training import shuffled_batches, step_lr, train_pair_labels
+from bench.methods.training import image_labels, shuffled_batches, step_lr
 from bench.prefix_text import PromptRows
 
 #: Dropout of the official fusion module (after the context map and inside the MLPs).
@@ -304,11 +304,7 @@ class DFSP(CSP):
             raise BenchError(f"dataset {ctx.dataset.name} has no training images")
         self._token_set = token_set
         self._train_pairs = torch.as_tensor(train_pairs, device=backbone.device)
-        self._labels = (
-            train_pair_labels(token_set.attr_idx, token_set.obj_idx, train_pairs, ctx.dataset.name),
-            torch.as_tensor(token_set.attr_idx),
-            torch.as_tensor(token_set.obj_idx),
-        )
+        self._labels = image_labels(token_set, train_pairs, ctx.dataset.name)
         self._dropout_generator = device_generator(ctx.seed, backbone.device)
 
     def epoch_batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:

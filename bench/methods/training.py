@@ -94,6 +94,18 @@ def train_pair_labels(
     return torch.tensor(labels, dtype=torch.long)
 
 
+def image_labels(
+    source: Any, train_pairs: np.ndarray, dataset_name: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train-pair index, attribute id, object id) of every image of a training split held
+    by ``source`` (anything with ``attr_idx``/``obj_idx``: features, tokens, images)."""
+    return (
+        train_pair_labels(source.attr_idx, source.obj_idx, train_pairs, dataset_name),
+        torch.as_tensor(source.attr_idx),
+        torch.as_tensor(source.obj_idx),
+    )
+
+
 def shuffled_batches(
     generator: torch.Generator, batch_size: int, *tensors: torch.Tensor
 ) -> Iterator[tuple[torch.Tensor, ...]]:

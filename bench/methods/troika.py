@@ -51,7 +51,7 @@ from bench.methods.clip_family import (
 )
 from bench.methods.csp import CSP
 from bench.methods.scoring import as_pair_tensor, block_rows
-from bench.methods.training import shuffled_batches, step_lr, train_pair_labels
+from bench.methods.training import image_labels, shuffled_batches, step_lr
 from bench.prefix_text import PromptRows, Slot, encode_prompts, fill_template
 
 #: The attribute and object paths' template.
@@ -396,11 +396,7 @@ class Troika(CSP):
         self._train_source = source
         self._augment, self._seed = ctx.augment, ctx.seed
         self._train_pairs = torch.as_tensor(train_pairs, device=backbone.device)
-        self._labels = (
-            train_pair_labels(source.attr_idx, source.obj_idx, train_pairs, ctx.dataset.name),
-            torch.as_tensor(source.attr_idx),
-            torch.as_tensor(source.obj_idx),
-        )
+        self._labels = image_labels(source, train_pairs, ctx.dataset.name)
         self._dropout_generator = device_generator(ctx.seed, backbone.device)
         blocks, width = backbone.image_blocks() if self.adapters is not None else (0, 0)
         if backbone.device.type == "cpu" and width >= LARGE_ENCODER_WIDTH:
